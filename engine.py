@@ -1,0 +1,575 @@
+"""The training and evaluation engine shared by the MNIST and CIFAR-10 experiments.
+
+A dataset script (``mnist/mnist.py``, ``c10/c10.py``) describes what differs, its model,
+data and defaults, in an :class:`Experiment`, and hands it to :func:`main`, which owns
+everything else: the released command line, run naming, optimizers, the training loop,
+evaluation with firing rates, TensorBoard logs, ``metrics.jsonl``, checkpoints and resume,
+and ``-test``. Conventions follow ``shared/spec/rewiring.md`` ("Experiment conventions").
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# SpikingJelly 0.0.0.0.14 decorates its LIF kernels with torch.jit.script, which torch 2.14
+# flags as deprecated at import time: noise for every run, nothing a user can act on.
+warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
+from spikingjelly.activation_based import functional, neuron
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
+
+from deeprewire import DeepRewiring
+from gradrewire import GradRewiring
+
+REPO_ROOT = Path(__file__).resolve().parent
+LINK_THRESHOLD = 1e-10
+"""A synapse is linked while ``|w| >= LINK_THRESHOLD`` (spec, experiment conventions)."""
+MODES = ('grad', 'deep', 'no_prune')
+
+
+class UsageError(Exception):
+    """Bad command-line input or missing data/run: reported as one line, exit status 2."""
+
+
+@dataclass
+class Experiment:
+    """What a dataset script contributes to the shared engine.
+
+    Attributes:
+        prog: script name shown in help and errors, e.g. ``'mnist.py'``.
+        description: one paragraph for ``--help``.
+        defaults: released defaults of the flags that differ per data set:
+            ``b`` (batch size), ``lr``, ``N`` (last epoch), ``i1``, ``i2``.
+        build_model: ``args -> nn.Module``; the module maps images [N, C, H, W] to output
+            firing rates [N, num_classes] in multi-step mode and has LIF layers from
+            SpikingJelly. Parameters with more than one dimension are the synapses that
+            the rewiring optimizers prune; the others (BatchNorm) get a plain Adam.
+        load_datasets: ``args -> (train_set, test_set)`` of (image tensor, int label)
+            pairs; raises :class:`UsageError` with one line when the data cannot be had.
+        num_classes: number of output classes (one-hot width of the MSE target).
+    """
+    prog: str
+    description: str
+    defaults: dict
+    build_model: Callable[[argparse.Namespace], nn.Module]
+    load_datasets: Callable[[argparse.Namespace], tuple[Dataset, Dataset]]
+    num_classes: int = 10
+
+
+# ----------------------------------------------------------------------------- command line
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but every error is a single line on stderr and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
+
+
+def build_parser(exp: Experiment) -> argparse.ArgumentParser:
+    """The released command line with the experiment's defaults, plus the new flags."""
+    d = exp.defaults
+    p = _OneLineParser(prog=exp.prog, description=exp.description,
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('-b', type=int, default=d['b'], metavar='B', help='batch size')
+    p.add_argument('-lr', type=float, default=d['lr'], metavar='LR', help='Adam learning rate (> 0)')
+    p.add_argument('-penalty', type=float, default=1e-3, metavar='P',
+                   help='prior strength: alpha of Grad R, l1 of Deep R (>= 0)')
+    p.add_argument('-s', type=float, default=None, metavar='S',
+                   help='target sparsity: Grad R needs 0.5 <= s < 1, Deep R (max_s) 0 <= s <= 1; '
+                        'required with -m grad and -m deep')
+    p.add_argument('-gpu', type=int, default=None, metavar='ID',
+                   help='CUDA device index (same as --device cuda:ID)')
+    p.add_argument('--dataset-dir', type=Path, default=REPO_ROOT / 'data', metavar='DIR',
+                   help='where the data set is read from (and downloaded to)')
+    p.add_argument('--dump-dir', type=Path, default=REPO_ROOT / 'runs', metavar='DIR',
+                   help='logs go to DIR/logs/<run>, checkpoints to DIR/models/<run>')
+    p.add_argument('-T', type=int, default=8, help='simulation time steps per sample')
+    p.add_argument('-N', type=int, default=d['N'], help='index of the last epoch (epochs 0..N are trained)')
+    p.add_argument('-m', choices=MODES, default='no_prune', help='pruning method')
+    p.add_argument('-soft', action='store_true', help='soft Deep R (with -m deep)')
+    p.add_argument('-test', action='store_true',
+                   help="evaluate the run's latest checkpoint and save its firing rates")
+    p.add_argument('-i1', type=int, default=d['i1'], metavar='E',
+                   help='every E epochs: firing rates, histograms and a numbered checkpoint')
+    p.add_argument('-i2', type=int, default=d['i2'], metavar='K',
+                   help='every K training steps: log train/acc and train/loss')
+    p.add_argument('--seed', type=int, default=2020, help='seed of every random generator')
+    p.add_argument('--device', default=None,
+                   help='torch device, e.g. cpu, cuda, cuda:1 (default: CUDA if available, else CPU)')
+    p.add_argument('--workers', type=int, default=min(4, os.cpu_count() or 1),
+                   help='data-loading worker processes')
+    p.add_argument('--deepr-regrowth', choices=('released', 'active'), default='released',
+                   help="Deep R reactivation: as the released runs or as Bellec et al. 2018 "
+                        "(see shared/spec/rewiring.md)")
+    p.add_argument('--train-size', type=int, default=None, metavar='K',
+                   help='train on the first K training samples only (a smoke test; named in the run)')
+    p.add_argument('--test-size', type=int, default=None, metavar='K',
+                   help='evaluate on the first K test samples only (named in the run)')
+    return p
+
+
+def _sci(x: float) -> str:
+    return np.format_float_scientific(x, trim='-', exp_digits=1)
+
+
+def run_name(args: argparse.Namespace) -> str:
+    """The released run name, e.g. ``lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-grad``."""
+    name = f'lr-{_sci(args.lr)}-b-{args.b}-T-{args.T}'
+    pruning = args.m != 'no_prune'
+    if pruning:
+        name += f'-penalty-{_sci(args.penalty)}'
+    if args.soft:
+        name = 'soft-' + name
+    if args.s is not None and pruning:
+        name += f'-s-{args.s:g}'
+    name += f'-{args.m}'
+    if args.train_size is not None:
+        name += f'-train-{args.train_size}'
+    if args.test_size is not None:
+        name += f'-test-{args.test_size}'
+    return name
+
+
+def make_synapse_optimizer(args: argparse.Namespace, params) -> torch.optim.Optimizer:
+    """The optimizer of the synapses (weights) for ``-m`` grad, deep or no_prune.
+
+    Raises:
+        ValueError: from the optimizer when -s / -penalty / -lr are out of range.
+    """
+    if args.m == 'grad':
+        return GradRewiring(params, lr=args.lr, alpha=args.penalty, s=args.s)
+    if args.m == 'deep':
+        return DeepRewiring(params, lr=args.lr, T=0, l1=args.penalty, max_s=args.s, soft=args.soft,
+                            regrowth=args.deepr_regrowth, seed=args.seed)
+    return torch.optim.Adam(params, lr=args.lr)
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Check the flags before any work starts.
+
+    Raises:
+        UsageError: one line naming the flag and what is allowed.
+    """
+    positive = {'-b': args.b, '-T': args.T, '-i1': args.i1, '-i2': args.i2}
+    for flag, value in positive.items():
+        if value < 1:
+            raise UsageError(f'{flag} must be an integer >= 1, got {value}')
+    for flag, value in (('--train-size', args.train_size), ('--test-size', args.test_size)):
+        if value is not None and value < 1:
+            raise UsageError(f'{flag} must be an integer >= 1, got {value}')
+    if not args.lr > 0 or not np.isfinite(args.lr):
+        raise UsageError(f'-lr must be a number > 0, got {args.lr}')
+    if not args.penalty >= 0 or not np.isfinite(args.penalty):
+        raise UsageError(f'-penalty must be a number >= 0, got {args.penalty}')
+    if args.N < 0:
+        raise UsageError(f'-N (last epoch) must be >= 0, got {args.N}')
+    if args.workers < 0:
+        raise UsageError(f'--workers must be >= 0, got {args.workers}')
+    if args.soft and args.m != 'deep':
+        raise UsageError(f'-soft applies to -m deep only, got -m {args.m}')
+    if args.m != 'no_prune':
+        if args.s is None and not (args.m == 'grad' and args.penalty <= 1e-8):
+            allowed = '0.5 <= s < 1' if args.m == 'grad' else '0 <= s <= 1'
+            raise UsageError(f'-s (target sparsity) is required with -m {args.m}; allowed: {allowed}')
+        try:
+            make_synapse_optimizer(args, [nn.Parameter(torch.zeros(1))])
+        except ValueError as err:
+            raise UsageError(f'-m {args.m}: {err} (-s is s/max_s, -penalty is alpha/l1)') from None
+    args.device = resolve_device(args)
+
+
+def resolve_device(args: argparse.Namespace) -> torch.device:
+    """``--device``, else ``cuda:<-gpu>``, else CUDA when available, else the CPU."""
+    if args.device is not None and args.gpu is not None:
+        raise UsageError('give either -gpu or --device, not both')
+    if args.gpu is not None:
+        spec = f'cuda:{args.gpu}'
+    elif args.device is not None:
+        spec = args.device
+    else:
+        spec = 'cuda' if torch.cuda.is_available() else 'cpu'
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UsageError(f'--device: not a torch device: {spec!r} (e.g. cpu, cuda, cuda:0)') from None
+    if device.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise UsageError(f'{spec}: CUDA is not available on this machine; use --device cpu')
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f'{spec}: only {torch.cuda.device_count()} CUDA device(s) here')
+    return device
+
+
+# ----------------------------------------------------------------------------- measurements
+
+def synapses(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The prunable parameters: every parameter with more than one dimension (conv/linear)."""
+    return {n: p for n, p in model.named_parameters() if p.dim() > 1}
+
+
+def linked(p: torch.Tensor) -> torch.Tensor:
+    """Bool mask of linked synapses, ``|w| >= 1e-10`` (spec, experiment conventions)."""
+    return p.detach().abs() >= LINK_THRESHOLD
+
+
+def sparsity_report(model: nn.Module) -> dict:
+    """Sparsity (fraction of ``|w| < 1e-10``) per synapse tensor and overall.
+
+    Returns ``{'layers': {name: float}, 'overall': float}``, plus ``'with_bn'`` (all
+    parameters) when the model has non-synapse parameters; ``'overall'`` then counts the
+    synapses only ("without bn").
+    """
+    syn = synapses(model)
+    layers, zeros, total = {}, 0, 0
+    for name, p in syn.items():
+        z = int((~linked(p)).sum())
+        layers[name] = z / p.numel()
+        zeros, total = zeros + z, total + p.numel()
+    report = {'layers': layers, 'overall': zeros / total}
+    others = [p for n, p in model.named_parameters() if n not in syn]
+    if others:
+        z_all = zeros + sum(int((~linked(p)).sum()) for p in others)
+        report['with_bn'] = z_all / (total + sum(p.numel() for p in others))
+    return report
+
+
+class FiringRateMonitor:
+    """Counts spikes of every LIF layer on the device during an evaluation pass.
+
+    Forward hooks on each ``spikingjelly`` spiking neuron module (multi-step mode, output
+    [T, N, *shape]) accumulate per-neuron spike counts and the number of (sample, neuron)
+    pairs that stay silent for all T steps; nothing is copied to the host until
+    :meth:`results`. Use as a context manager around the evaluation loop.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.layers = {n: m for n, m in model.named_modules() if isinstance(m, neuron.BaseNode)}
+        self.spikes, self.silent, self.samples, self.T = {}, {}, 0, None
+        self._handles = []
+
+    def _hook(self, name):
+        def hook(module, inputs, out):
+            if out.dim() < 3:
+                raise RuntimeError(f'{name}: FiringRateMonitor needs multi-step mode, output [T, N, ...]')
+            per_sample = out.detach().sum(0)                     # [N, *shape] spike counts
+            if name not in self.spikes:
+                self.spikes[name] = torch.zeros(per_sample.shape[1:], device=out.device)
+                self.silent[name] = torch.zeros((), device=out.device)
+            self.spikes[name] += per_sample.sum(0)
+            self.silent[name] += (per_sample == 0).sum()
+            self.T = out.shape[0]
+        return hook
+
+    def count_samples(self, n: int) -> None:
+        self.samples += n
+
+    def __enter__(self):
+        self._handles = [m.register_forward_hook(self._hook(n)) for n, m in self.layers.items()]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def results(self) -> dict:
+        """``{layer: {'avg_firing_rate', 'nonfire_prop', 'per_neuron'}}``.
+
+        ``avg_firing_rate``: spikes per neuron per time step, averaged over neurons and
+        samples; ``nonfire_prop``: fraction of (sample, neuron) pairs with no spike in T
+        steps; ``per_neuron``: numpy array [*neuron shape], spikes per time step per sample.
+        """
+        out = {}
+        for name, spikes in self.spikes.items():
+            per_neuron = (spikes / (self.samples * self.T)).cpu().numpy()
+            out[name] = {'avg_firing_rate': float(per_neuron.mean()),
+                         'nonfire_prop': float(self.silent[name]) / (self.samples * spikes.numel()),
+                         'per_neuron': per_neuron}
+        return out
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, desc: str = 'test'):
+    """Test accuracy (fraction, arg-max of output spike count) and firing rates per layer."""
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    with FiringRateMonitor(model) as monitor:
+        for img, label in tqdm(loader, desc=desc, leave=False, disable=None):
+            img, label = img.to(device, non_blocking=True), label.to(device, non_blocking=True)
+            correct += (model(img).argmax(1) == label).sum()
+            monitor.count_samples(label.numel())
+            functional.reset_net(model)
+    return int(correct) / monitor.samples, monitor.results()
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def rng_states() -> dict:
+    """Python, NumPy, torch (and CUDA) generator states, storable with weights_only."""
+    np_state = np.random.get_state()
+    states = {'python': [list(s) if isinstance(s, tuple) else s for s in random.getstate()],
+              'numpy': [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+              'torch': torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states['cuda'] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    py = states['python']
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np_state = states['numpy']
+    np.random.set_state((np_state[0], np_state[1].numpy(), *np_state[2:]))
+    torch.set_rng_state(states['torch'])
+    if 'cuda' in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states['cuda'])
+
+
+def atomic_save(obj, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename over it."""
+    tmp = path.with_name(path.name + '.tmp')
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict:
+    """Load a checkpoint written by this engine (state dicts only, ``weights_only=True``)."""
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+# ----------------------------------------------------------------------------- the run
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def _subset(ds: Dataset, k: int | None) -> Dataset:
+    return ds if k is None else Subset(ds, range(min(k, len(ds))))
+
+
+def _loader(ds, args, shuffle, seed_offset):
+    g = torch.Generator()
+    g.manual_seed(args.seed + seed_offset)
+    return DataLoader(ds, batch_size=args.b, shuffle=shuffle, num_workers=args.workers,
+                      pin_memory=args.device.type == 'cuda', drop_last=False, generator=g,
+                      persistent_workers=args.workers > 0)
+
+
+class Run:
+    """One named run: its model, optimizers, loaders, writer, checkpoints and state."""
+
+    def __init__(self, exp: Experiment, args: argparse.Namespace, datasets):
+        self.exp, self.args = exp, args
+        self.name = run_name(args)
+        self.log_dir = args.dump_dir / 'logs' / self.name
+        self.model_dir = args.dump_dir / 'models' / self.name
+        self.checkpoint = self.model_dir / 'checkpoint.pt'
+        self.device = args.device
+        seed_everything(args.seed)
+        self.model = exp.build_model(args).to(self.device)
+        syn = synapses(self.model)
+        others = [p for n, p in self.model.named_parameters() if n not in syn]
+        self.optimizers = {'synapse': make_synapse_optimizer(args, list(syn.values()))}
+        if others:   # BatchNorm: never pruned, plain Adam with the same learning rate
+            self.optimizers['bn'] = torch.optim.Adam(others, lr=args.lr)
+        train_set, test_set = datasets
+        self.train_loader = _loader(_subset(train_set, args.train_size), args, True, 0)
+        self.test_loader = _loader(_subset(test_set, args.test_size), args, False, 1)
+        self.epoch, self.step, self.best_acc = 0, 0, 0.0
+
+    # -- persistence
+    def state(self) -> dict:
+        return {'model': self.model.state_dict(),
+                'optimizers': {k: o.state_dict() for k, o in self.optimizers.items()},
+                'epoch': self.epoch, 'step': self.step, 'best_acc': self.best_acc,
+                'rng': rng_states(), 'loader_rng': self.train_loader.generator.get_state(),
+                'run': self.name}
+
+    def restore(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt['model'])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(ckpt['optimizers'][k])
+        self.epoch, self.step, self.best_acc = ckpt['epoch'] + 1, ckpt['step'], ckpt['best_acc']
+        set_rng_states(ckpt['rng'])
+        self.train_loader.generator.set_state(ckpt['loader_rng'])
+
+    def save(self, epoch: int) -> None:
+        """Checkpoint the finished epoch ``epoch`` (== self.epoch) atomically."""
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        state = self.state()
+        atomic_save(state, self.checkpoint)
+        if epoch % self.args.i1 == 0:
+            atomic_save(state, self.model_dir / f'checkpoint-{epoch}.pt')
+
+    # -- training
+    def train_epoch(self, writer) -> float:
+        model, args = self.model, self.args
+        model.train()
+        t0 = time.perf_counter()
+        bar = tqdm(self.train_loader, desc=f'epoch {self.epoch}/{args.N}', leave=False, disable=None)
+        for img, label in bar:
+            img, label = img.to(self.device, non_blocking=True), label.to(self.device, non_blocking=True)
+            rate = model(img)
+            loss = F.mse_loss(rate, F.one_hot(label, self.exp.num_classes).to(rate.dtype))
+            for opt in self.optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for opt in self.optimizers.values():
+                opt.step()
+            functional.reset_net(model)
+            self.step += 1
+            if self.step % args.i2 == 0:
+                acc = (rate.argmax(1) == label).float().mean().item()
+                writer.add_scalar('train/acc', acc, self.step)
+                writer.add_scalar('train/loss', loss.item(), self.step)
+                bar.set_postfix(loss=f'{loss.item():.4f}', acc=f'{acc:.3f}')
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - t0
+
+    def log_epoch(self, writer, acc, rates, before, train_s, test_s) -> dict:
+        epoch, syn = self.epoch, synapses(self.model)
+        report = sparsity_report(self.model)
+        writer.add_scalar('test_acc', acc, epoch)
+        if 'with_bn' in report:
+            writer.add_scalar('sparsity/with bn', report['with_bn'], epoch)
+            writer.add_scalar('sparsity/without bn', report['overall'], epoch)
+        else:
+            writer.add_scalar('sparsity', report['overall'], epoch)
+        counts = {}
+        for name, p in syn.items():
+            now = linked(p)
+            pruned, regrown = int((before[name] & ~now).sum()), int((~before[name] & now).sum())
+            counts[name] = {'pruned': pruned, 'regrown': regrown}
+            writer.add_scalar(f'layer sparsity/{name}', report['layers'][name], epoch)
+            writer.add_scalar(f'prune_cnt/{name}', pruned, epoch)
+            writer.add_scalar(f'regrow_cnt/{name}', regrown, epoch)
+            writer.add_scalar(f'prune-regrow/{name}', pruned - regrown, epoch)
+            before[name] = now
+        if epoch % self.args.i1 == 0:
+            for layer, r in rates.items():
+                writer.add_scalar(f'avg_firing_rate/{layer}', r['avg_firing_rate'], epoch)
+                writer.add_scalar(f'nonfire_prop/{layer}', r['nonfire_prop'], epoch)
+            state = self.optimizers['synapse'].state
+            for name, p in syn.items():
+                writer.add_histogram(f'{name}-w', p.detach(), epoch)
+                if 'strength' in state.get(p, {}):
+                    writer.add_histogram(f'{name}-theta', state[p]['strength'], epoch)
+        writer.flush()
+        record = {'epoch': epoch, 'step': self.step, 'test_acc': acc,
+                  'sparsity': report['overall'], 'layer_sparsity': report['layers'],
+                  'prune_regrow': counts,
+                  'firing_rate': {k: r['avg_firing_rate'] for k, r in rates.items()},
+                  'train_seconds': round(train_s, 3), 'test_seconds': round(test_s, 3)}
+        if 'with_bn' in report:
+            record['sparsity_with_bn'] = report['with_bn']
+        return record
+
+    def train(self) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+        args = self.args
+        if self.checkpoint.exists():
+            self.restore(load_checkpoint(self.checkpoint, self.device))
+            print(f'resuming {self.name} at epoch {self.epoch}')
+        if self.epoch > args.N:
+            print(f'{self.name}: epochs 0..{args.N} are done; raise -N to train longer')
+            return
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        metrics = self.log_dir / 'metrics.jsonl'
+        _truncate_metrics(metrics, self.epoch)
+        writer = SummaryWriter(str(self.log_dir), purge_step=self.step if self.step else None)
+        before = {n: linked(p) for n, p in synapses(self.model).items()}
+        print(f'run {self.name} on {self.device}: logs {self.log_dir}, checkpoints {self.model_dir}')
+        try:
+            for self.epoch in range(self.epoch, args.N + 1):
+                train_s = self.train_epoch(writer)
+                t0 = time.perf_counter()
+                acc, rates = evaluate(self.model, self.test_loader, self.device)
+                test_s = time.perf_counter() - t0
+                self.best_acc = max(self.best_acc, acc)
+                record = self.log_epoch(writer, acc, rates, before, train_s, test_s)
+                self.save(self.epoch)
+                with open(metrics, 'a') as f:
+                    f.write(json.dumps(record) + '\n')
+                syn = ', '.join(f'{k} {v:.4f}' for k, v in record['layer_sparsity'].items())
+                print(f"epoch {self.epoch}: test_acc {acc:.4f} (best {self.best_acc:.4f}), "
+                      f"sparsity {record['sparsity']:.4f} [{syn}], "
+                      f"train {train_s:.1f} s, test {test_s:.1f} s", flush=True)
+        finally:
+            writer.close()
+
+    def test(self) -> None:
+        """Evaluate the latest checkpoint, print the figures, save firing rates as .npy."""
+        ckpt = load_checkpoint(self.checkpoint, self.device)
+        self.model.load_state_dict(ckpt['model'])
+        acc, rates = evaluate(self.model, self.test_loader, self.device)
+        report = sparsity_report(self.model)
+        print(f'run {self.name}, checkpoint of epoch {ckpt["epoch"]}')
+        print(f'test_acc {acc:.4f}')
+        for name, s in report['layers'].items():
+            print(f'layer sparsity {name}: {s:.4f}')
+        if 'with_bn' in report:
+            print(f"sparsity without bn {report['overall']:.4f}")
+            print(f"sparsity with bn {report['with_bn']:.4f}")
+        else:
+            print(f"sparsity {report['overall']:.4f}")
+        for layer, r in rates.items():
+            path = self.model_dir / f'firing_rate-{layer}.npy'
+            np.save(path, r['per_neuron'])
+            print(f"firing rate {layer}: {r['avg_firing_rate']:.4f} (non-firing {r['nonfire_prop']:.4f}) -> {path}")
+
+
+def _truncate_metrics(path: Path, first_epoch: int) -> None:
+    """Drop lines of epochs >= first_epoch (an epoch interrupted after logging is redone)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line)['epoch'] < first_epoch]
+    path.write_text(''.join(line + '\n' for line in keep))
+
+
+def main(exp: Experiment, argv: Sequence[str] | None = None, datasets=None) -> int:
+    """Parse the command line, validate it, then train (resuming) or run ``-test``.
+
+    Args:
+        exp: the dataset script's :class:`Experiment`.
+        argv: command-line arguments (default ``sys.argv[1:]``).
+        datasets: optional ``(train_set, test_set)`` used instead of ``exp.load_datasets``
+            (tests pass stand-ins here).
+
+    Returns the exit status: 0 on success, 2 on a usage error (one line on stderr, no file
+    written).
+    """
+    parser = build_parser(exp)
+    args = parser.parse_args(argv)
+    try:
+        validate(args)
+        if args.test and not (args.dump_dir / 'models' / run_name(args) / 'checkpoint.pt').exists():
+            raise UsageError(f'-test: no checkpoint of run {run_name(args)} under '
+                             f'{args.dump_dir / "models"}; train it first (same flags without -test)')
+        run = Run(exp, args, datasets if datasets is not None else exp.load_datasets(args))
+    except UsageError as err:
+        print(f'{exp.prog}: error: {err}', file=sys.stderr)
+        return 2
+    if args.test:
+        run.test()
+    else:
+        run.train()
+    return 0

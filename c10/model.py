@@ -75,15 +75,47 @@ class StepwiseBatchNorm2d(layer.BatchNorm2d):
         uses_batch_statistics = self.training or self.running_mean is None
         if not uses_batch_statistics:
             return super().forward(x)
-        # one ordinary (single-step) batch norm call per time step, in time order
-        return torch.stack([nn.BatchNorm2d.forward(self, x[t]) for t in range(x.shape[0])])
+        # one ordinary (single-step) batch norm call per time step, in time order;
+        # unbind (not x[t]) so that backward stacks the T gradients once
+        return torch.stack([nn.BatchNorm2d.forward(self, x_t) for x_t in x.unbind(0)])
+
+
+class UnbindLIFNode(neuron.LIFNode):
+    """SpikingJelly LIF neuron whose multi-step training loop slices time with unbind.
+
+    Same neuron, same arithmetic and same state as ``neuron.LIFNode`` with the
+    'torch' backend: the membrane potential is charged, compared with the
+    threshold (spike = Heaviside(v - v_threshold), ATan surrogate gradient) and
+    reset, one time step after the other, by the parent's
+    ``single_step_forward``. The only difference is how the multi-step training
+    forward takes the time steps out of the input x_seq [T, N, ...]: the parent
+    indexes ``x_seq[t]``, whose backward (SelectBackward) allocates and fills a
+    zero tensor of the full [T, N, ...] shape for every t, i.e. O(T^2) memory
+    traffic, which dominated the CPU step time of this network. ``unbind``
+    gives the same T views with a single gradient stack in backward. Forward
+    values and gradients are identical; evaluation mode uses the parent's
+    fused loop unchanged.
+    """
+
+    def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.backend != 'torch':
+            return super().multi_step_forward(x_seq)
+        spikes = []
+        v_seq = []
+        for x_t in x_seq.unbind(0):
+            spikes.append(self.single_step_forward(x_t))
+            if self.store_v_seq:
+                v_seq.append(self.v)
+        if self.store_v_seq:
+            self.v_seq = torch.stack(v_seq)
+        return torch.stack(spikes)
 
 
 def _lif(tau: float, v_threshold: float, v_reset: float) -> neuron.LIFNode:
     """LIF neuron layer of the released network (hard reset, detached reset, ATan)."""
-    return neuron.LIFNode(tau=float(tau), v_threshold=v_threshold, v_reset=v_reset,
-                          surrogate_function=surrogate.ATan(), detach_reset=True,
-                          backend='torch')
+    return UnbindLIFNode(tau=float(tau), v_threshold=v_threshold, v_reset=v_reset,
+                         surrogate_function=surrogate.ATan(), detach_reset=True,
+                         backend='torch')
 
 
 def _conv3x3() -> layer.Conv2d:

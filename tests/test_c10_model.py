@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from spikingjelly.activation_based import functional, layer, neuron
 
-from c10.model import CIFAR10SNN, StepwiseBatchNorm2d
+from c10.model import CIFAR10SNN, StepwiseBatchNorm2d, UnbindLIFNode
 
 T = 3
 BATCH = 2
@@ -165,6 +165,35 @@ def test_stepwise_batchnorm_uses_per_step_statistics():
     bn.eval()
     ref.eval()
     assert _max_abs_diff(bn(x), torch.stack([ref(x[t]) for t in range(3)])) < 1e-6
+
+
+# ------------------------------------------------------------------ LIF unit
+
+@pytest.mark.parametrize('training', [True, False])
+def test_unbind_lif_matches_spikingjelly_lif(training):
+    """The LIF used by the model is SpikingJelly's LIFNode (torch backend) step for
+    step: same spikes, membrane potentials and input gradients, exactly."""
+    kwargs = dict(tau=2.0, v_threshold=1.0, v_reset=0.0, detach_reset=True, backend='torch',
+                  step_mode='m', store_v_seq=True)
+    from spikingjelly.activation_based import surrogate
+    ours = UnbindLIFNode(surrogate_function=surrogate.ATan(), **kwargs)
+    theirs = neuron.LIFNode(surrogate_function=surrogate.ATan(), **kwargs)
+    ours.train(training)
+    theirs.train(training)
+    torch.manual_seed(0)
+    x = (1.5 * torch.randn(5, 4, 64)).requires_grad_(True)
+    x2 = x.detach().clone().requires_grad_(True)
+    s1, s2 = ours(x), theirs(x2)
+    assert 0 < s1.sum() < s1.numel()
+    assert torch.equal(s1, s2)
+    assert torch.equal(ours.v, theirs.v)
+    assert torch.equal(ours.v_seq, theirs.v_seq)
+    if training:
+        w = torch.randn_like(s1)
+        (s1 * w).sum().backward()
+        (s2 * w).sum().backward()
+        assert x.grad.abs().sum() > 0
+        assert torch.equal(x.grad, x2.grad)
 
 
 # ------------------------------------------------------ fast == step loop

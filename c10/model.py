@@ -39,7 +39,9 @@ The caller must reset them after every batch with
 """
 import torch
 import torch.nn as nn
-from spikingjelly.activation_based import functional, layer, neuron, surrogate
+from spikingjelly.activation_based import functional, layer
+
+from snn import lif
 
 
 class StepwiseBatchNorm2d(layer.BatchNorm2d):
@@ -78,44 +80,6 @@ class StepwiseBatchNorm2d(layer.BatchNorm2d):
         # one ordinary (single-step) batch norm call per time step, in time order;
         # unbind (not x[t]) so that backward stacks the T gradients once
         return torch.stack([nn.BatchNorm2d.forward(self, x_t) for x_t in x.unbind(0)])
-
-
-class UnbindLIFNode(neuron.LIFNode):
-    """SpikingJelly LIF neuron whose multi-step training loop slices time with unbind.
-
-    Same neuron, same arithmetic and same state as ``neuron.LIFNode`` with the
-    'torch' backend: the membrane potential is charged, compared with the
-    threshold (spike = Heaviside(v - v_threshold), ATan surrogate gradient) and
-    reset, one time step after the other, by the parent's
-    ``single_step_forward``. The only difference is how the multi-step training
-    forward takes the time steps out of the input x_seq [T, N, ...]: the parent
-    indexes ``x_seq[t]``, whose backward (SelectBackward) allocates and fills a
-    zero tensor of the full [T, N, ...] shape for every t, i.e. O(T^2) memory
-    traffic, which dominated the CPU step time of this network. ``unbind``
-    gives the same T views with a single gradient stack in backward. Forward
-    values and gradients are identical; evaluation mode uses the parent's
-    fused loop unchanged.
-    """
-
-    def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.backend != 'torch':
-            return super().multi_step_forward(x_seq)
-        spikes = []
-        v_seq = []
-        for x_t in x_seq.unbind(0):
-            spikes.append(self.single_step_forward(x_t))
-            if self.store_v_seq:
-                v_seq.append(self.v)
-        if self.store_v_seq:
-            self.v_seq = torch.stack(v_seq)
-        return torch.stack(spikes)
-
-
-def _lif(tau: float, v_threshold: float, v_reset: float) -> neuron.LIFNode:
-    """LIF neuron layer of the released network (hard reset, detached reset, ATan)."""
-    return UnbindLIFNode(tau=float(tau), v_threshold=v_threshold, v_reset=v_reset,
-                         surrogate_function=surrogate.ATan(), detach_reset=True,
-                         backend='torch')
 
 
 def _conv3x3() -> layer.Conv2d:
@@ -160,8 +124,8 @@ class CIFAR10SNN(nn.Module):
             raise ValueError(f'T must be >= 1, got {T}')
         self.T = int(T)
 
-        def lif():
-            return _lif(tau, v_threshold, v_reset)
+        def neurons():
+            return lif(tau, v_threshold, v_reset)
 
         # evaluated once per input; its output is the constant input current
         self.static_conv = nn.Sequential(
@@ -169,27 +133,27 @@ class CIFAR10SNN(nn.Module):
             nn.BatchNorm2d(256),
         )
         self.conv = nn.Sequential(
-            lif(),                                   # 0
+            neurons(),                                   # 0
             _conv3x3(), StepwiseBatchNorm2d(256),    # 1, 2
-            lif(),                                   # 3
+            neurons(),                                   # 3
             _conv3x3(), StepwiseBatchNorm2d(256),    # 4, 5
-            lif(),                                   # 6
+            neurons(),                                   # 6
             layer.MaxPool2d(2, 2),                   # 7   32x32 -> 16x16
             _conv3x3(), StepwiseBatchNorm2d(256),    # 8, 9
-            lif(),                                   # 10
+            neurons(),                                   # 10
             _conv3x3(), StepwiseBatchNorm2d(256),    # 11, 12
-            lif(),                                   # 13
+            neurons(),                                   # 13
             _conv3x3(), StepwiseBatchNorm2d(256),    # 14, 15
-            lif(),                                   # 16
+            neurons(),                                   # 16
             layer.MaxPool2d(2, 2),                   # 17  16x16 -> 8x8
         )
         self.fc = nn.Sequential(
             layer.Flatten(),                                 # 0  256*8*8 = 16384
             layer.Dropout(dropout),                          # 1  one mask for all T steps
             layer.Linear(256 * 8 * 8, 128 * 4 * 4, bias=False),  # 2  16384 -> 2048
-            lif(),                                           # 3
+            neurons(),                                           # 3
             layer.Linear(128 * 4 * 4, 100, bias=False),      # 4  2048 -> 100
-            lif(),                                           # 5
+            neurons(),                                           # 5
         )
         # 100 output neurons -> 10 class scores (mean of each group of 10)
         self.boost = nn.AvgPool1d(10, 10)

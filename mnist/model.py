@@ -5,20 +5,9 @@ layer of 800 neurons) and the experiment conventions of ``shared/spec/rewiring.m
 """
 import torch
 import torch.nn as nn
-from spikingjelly.activation_based import functional, layer, neuron, surrogate
+from spikingjelly.activation_based import functional, layer
 
-
-def lif(tau: float, v_threshold: float, v_reset: float) -> neuron.LIFNode:
-    """One layer of LIF neurons as the released experiments configure them.
-
-    Hard reset of the membrane potential to ``v_reset`` after a spike, reset detached from
-    the graph, ATan surrogate gradient of the Heaviside spike function. ``tau`` is the
-    membrane time constant in time steps, ``v_threshold`` and ``v_reset`` are potentials
-    in the (dimensionless) units of the input current.
-    """
-    return neuron.LIFNode(tau=tau, v_threshold=v_threshold, v_reset=v_reset,
-                          surrogate_function=surrogate.ATan(), detach_reset=True,
-                          backend='torch')
+from snn import lif
 
 
 class MNISTSNN(nn.Module):

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from spikingjelly.activation_based import functional, layer, neuron
 
-from c10.model import CIFAR10SNN, StepwiseBatchNorm2d, UnbindLIFNode
+from c10.model import CIFAR10SNN, StepwiseBatchNorm2d
+from snn import UnbindLIFNode
 
 T = 3
 BATCH = 2

@@ -365,11 +365,15 @@ def _subset(ds: Dataset, k: int | None) -> Dataset:
 
 
 def _loader(ds, args, shuffle, seed_offset):
+    """A DataLoader whose shuffling and worker seeds come from its own generator.
+
+    Workers are not persistent: each epoch's workers are seeded from the generator, whose
+    state the checkpoint keeps, so a resumed run augments exactly as an uninterrupted one.
+    """
     g = torch.Generator()
     g.manual_seed(args.seed + seed_offset)
     return DataLoader(ds, batch_size=args.b, shuffle=shuffle, num_workers=args.workers,
-                      pin_memory=args.device.type == 'cuda', drop_last=False, generator=g,
-                      persistent_workers=args.workers > 0)
+                      pin_memory=args.device.type == 'cuda', drop_last=False, generator=g)
 
 
 class Run:

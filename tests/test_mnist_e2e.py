@@ -10,8 +10,9 @@ import torch
 from helpers import REPO, read_metrics, run_script, tensorboard_tags
 
 MNIST = REPO / 'mnist' / 'mnist.py'
+# Two loader workers, so resume is checked with worker-side augmentation randomness too.
 SMALL = ['-N', '1', '--train-size', '6000', '--test-size', '1000', '-i1', '1', '-i2', '10',
-         '--workers', '0', '--device', 'cpu']
+         '--workers', '2', '--device', 'cpu']
 NAME = 'lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-grad-train-6000-test-1000'
 
 

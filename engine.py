@@ -157,6 +157,10 @@ def make_synapse_optimizer(args: argparse.Namespace, params) -> torch.optim.Opti
     return torch.optim.Adam(params, lr=args.lr)
 
 
+_FLAG_OF_ARGUMENT = {'s': '-s', 'max_s': '-s', 'alpha': '-penalty', 'l1': '-penalty', 'lr': '-lr'}
+"""The flag that sets each optimizer argument named first in its ValueError."""
+
+
 def validate(args: argparse.Namespace) -> None:
     """Check the flags before any work starts.
 
@@ -187,7 +191,8 @@ def validate(args: argparse.Namespace) -> None:
         try:
             make_synapse_optimizer(args, [nn.Parameter(torch.zeros(1))])
         except ValueError as err:
-            raise UsageError(f'-m {args.m}: {err} (-s is s/max_s, -penalty is alpha/l1)') from None
+            flag = _FLAG_OF_ARGUMENT.get(str(err).split()[0], '')
+            raise UsageError(f'-m {args.m} {flag}: {err}'.replace('  ', ' ')) from None
     args.device = resolve_device(args)
 
 

@@ -23,10 +23,11 @@ def test_runs_from_inside_the_folder():
 
 @pytest.mark.parametrize('args, words', [
     (['-m', 'grad'], ['-s', 'required', '0.5 <= s < 1']),
-    (['-m', 'grad', '-s', '0.3'], ['s (target sparsity)', '0.5 <= s < 1', '0.3']),
-    (['-m', 'grad', '-s', '1'], ['s (target sparsity)', '0.5 <= s < 1', '1']),
+    (['-m', 'grad', '-s', '0.3'], ['-m grad -s: s (target sparsity)', '0.5 <= s < 1', '0.3']),
+    (['-m', 'grad', '-s', '1'], ['-m grad -s: s (target sparsity)', '0.5 <= s < 1', '1']),
     (['-m', 'deep'], ['-s', 'required', '0 <= s <= 1']),
-    (['-m', 'deep', '-s', '1.5'], ['max_s', '1.5']),
+    (['-m', 'deep', '-s', '1.5'], ['-m deep -s: max_s', '0 <= max_s <= 1', '1.5']),
+    (['-m', 'grad', '-s', '0.9', '-penalty', '-1'], ['-penalty', '>= 0', '-1']),
     (['-m', 'no_prune', '-lr', '-0.1'], ['-lr', '> 0', '-0.1']),
     (['-m', 'grad', '-s', '0.95', '-T', '0'], ['-T', '>= 1', '0']),
     (['-m', 'grad', '-soft', '-s', '0.95'], ['-soft', '-m deep']),

@@ -12,17 +12,7 @@ import pytest
 import torch
 
 from deeprewire import DeepRewiring
-
-f64 = dict(dtype=torch.float64)
-
-
-def param(values):
-    return torch.nn.Parameter(torch.tensor(values, **f64))
-
-
-def step_with(opt, w, grad):
-    w.grad = torch.tensor(grad, **f64)
-    opt.step()
+from helpers import assert_matches_adam, f64, param, step_with
 
 
 def close(actual, expected):
@@ -182,24 +172,8 @@ def test_soft_mode_T_zero_never_returns(max_s, theta_after):
 @pytest.mark.parametrize("soft", [False, True])
 @pytest.mark.parametrize("weight_decay, amsgrad", [(0.0, False), (0.01, False), (0.0, True), (0.01, True)])
 def test_equals_adam_bit_for_bit_when_nothing_is_pruned(soft, weight_decay, amsgrad):
-    gen = torch.Generator().manual_seed(1)
-    w0 = 5.0 + torch.rand(4, 3, generator=gen)
-    grads = [torch.randn(4, 3, generator=gen) for _ in range(6)]
-    weights, states = [], []
-    for make in (lambda p: DeepRewiring(p, lr=0.01, weight_decay=weight_decay, amsgrad=amsgrad,
-                                        l1=0.0, max_s=1.0, soft=soft),
-                 lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=weight_decay, amsgrad=amsgrad)):
-        w = torch.nn.Parameter(w0.clone())
-        opt = make([w])
-        for g in grads:
-            w.grad = g.clone()
-            opt.step()
-        weights.append(w.detach().clone())
-        states.append(opt.state[w])
-    assert torch.equal(weights[0], weights[1])
-    adam_keys = ["step", "exp_avg", "exp_avg_sq"] + ["max_exp_avg_sq"] * amsgrad
-    assert sorted(states[1]) == sorted(adam_keys)
-    assert all(torch.equal(states[0][key], states[1][key]) for key in adam_keys)
+    assert_matches_adam(lambda p: DeepRewiring(p, lr=0.01, weight_decay=weight_decay, amsgrad=amsgrad,
+                                               l1=0.0, max_s=1.0, soft=soft), weight_decay, amsgrad)
 
 
 def test_param_groups_have_their_own_settings():

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import sys
 import time
 import warnings
@@ -38,6 +39,7 @@ REPO_ROOT = Path(__file__).resolve().parent
 LINK_THRESHOLD = 1e-10
 """A synapse is linked while ``|w| >= LINK_THRESHOLD`` (spec, experiment conventions)."""
 MODES = ('grad', 'deep', 'no_prune')
+DEFAULT_SEED = 2020
 
 
 class UsageError(Exception):
@@ -97,7 +99,8 @@ def build_parser(exp: Experiment) -> argparse.ArgumentParser:
     p.add_argument('--dump-dir', type=Path, default=REPO_ROOT / 'runs', metavar='DIR',
                    help='logs go to DIR/logs/<run>, checkpoints to DIR/models/<run>')
     p.add_argument('-T', type=int, default=8, help='simulation time steps per sample')
-    p.add_argument('-N', type=int, default=d['N'], help='index of the last epoch (epochs 0..N are trained)')
+    p.add_argument('-N', type=int, default=d['N'],
+                   help=f"index of the last epoch: epochs 0..N are trained ({d['N'] + 1} by default)")
     p.add_argument('-m', choices=MODES, default='no_prune', help='pruning method')
     p.add_argument('-soft', action='store_true', help='soft Deep R (with -m deep)')
     p.add_argument('-test', action='store_true',
@@ -106,7 +109,7 @@ def build_parser(exp: Experiment) -> argparse.ArgumentParser:
                    help='every E epochs: firing rates, histograms and a numbered checkpoint')
     p.add_argument('-i2', type=int, default=d['i2'], metavar='K',
                    help='every K training steps: log train/acc and train/loss')
-    p.add_argument('--seed', type=int, default=2020, help='seed of every random generator')
+    p.add_argument('--seed', type=int, default=DEFAULT_SEED, help='seed of every random generator')
     p.add_argument('--device', default=None,
                    help='torch device, e.g. cpu, cuda, cuda:1 (default: CUDA if available, else CPU)')
     p.add_argument('--workers', type=int, default=min(4, os.cpu_count() or 1),
@@ -126,7 +129,12 @@ def _sci(x: float) -> str:
 
 
 def run_name(args: argparse.Namespace) -> str:
-    """The released run name, e.g. ``lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-grad``."""
+    """The released run name, e.g. ``lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-grad``.
+
+    Flags the release did not have add a suffix when they differ from their defaults
+    (``-seed-7``, ``-regrowth-active``, ``-train-K``, ``-test-K``), so that such runs do not
+    resume each other; ``s`` is written in full (``0.95``, ``0.9500001``).
+    """
     name = f'lr-{_sci(args.lr)}-b-{args.b}-T-{args.T}'
     pruning = args.m != 'no_prune'
     if pruning:
@@ -134,8 +142,12 @@ def run_name(args: argparse.Namespace) -> str:
     if args.soft:
         name = 'soft-' + name
     if args.s is not None and pruning:
-        name += f'-s-{args.s:g}'
+        name += f'-s-{args.s}'
     name += f'-{args.m}'
+    if args.seed != DEFAULT_SEED:
+        name += f'-seed-{args.seed}'
+    if args.m == 'deep' and not args.soft and args.deepr_regrowth != 'released':
+        name += f'-regrowth-{args.deepr_regrowth}'
     if args.train_size is not None:
         name += f'-train-{args.train_size}'
     if args.test_size is not None:
@@ -152,8 +164,10 @@ def make_synapse_optimizer(args: argparse.Namespace, params) -> torch.optim.Opti
     if args.m == 'grad':
         return GradRewiring(params, lr=args.lr, alpha=args.penalty, s=args.s)
     if args.m == 'deep':
+        # Draws on the run's device (args.device, a torch.device after validate()).
+        generator = torch.Generator(device=args.device).manual_seed(args.seed)
         return DeepRewiring(params, lr=args.lr, T=0, l1=args.penalty, max_s=args.s, soft=args.soft,
-                            regrowth=args.deepr_regrowth, seed=args.seed)
+                            regrowth=args.deepr_regrowth, generator=generator)
     return torch.optim.Adam(params, lr=args.lr)
 
 
@@ -167,6 +181,7 @@ def validate(args: argparse.Namespace) -> None:
     Raises:
         UsageError: one line naming the flag and what is allowed.
     """
+    args.device = resolve_device(args)
     positive = {'-b': args.b, '-T': args.T, '-i1': args.i1, '-i2': args.i2}
     for flag, value in positive.items():
         if value < 1:
@@ -193,7 +208,6 @@ def validate(args: argparse.Namespace) -> None:
         except ValueError as err:
             flag = _FLAG_OF_ARGUMENT.get(str(err).split()[0], '')
             raise UsageError(f'-m {args.m} {flag}: {err}'.replace('  ', ' ')) from None
-    args.device = resolve_device(args)
 
 
 def resolve_device(args: argparse.Namespace) -> torch.device:
@@ -272,13 +286,14 @@ class FiringRateMonitor:
             per_sample = out.detach().sum(0)                     # [N, *shape] spike counts
             if name not in self.spikes:
                 self.spikes[name] = torch.zeros(per_sample.shape[1:], device=out.device)
-                self.silent[name] = torch.zeros((), device=out.device)
+                self.silent[name] = torch.zeros((), dtype=torch.long, device=out.device)
             self.spikes[name] += per_sample.sum(0)
             self.silent[name] += (per_sample == 0).sum()
             self.T = out.shape[0]
         return hook
 
     def count_samples(self, n: int) -> None:
+        """Add the ``n`` samples of the batch just simulated to the denominator of the rates."""
         self.samples += n
 
     def __enter__(self):
@@ -308,7 +323,12 @@ class FiringRateMonitor:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, desc: str = 'test'):
-    """Test accuracy (fraction, arg-max of output spike count) and firing rates per layer."""
+    """Evaluate ``model`` on ``loader`` in evaluation mode, without gradients.
+
+    Returns:
+        ``(accuracy, rates)``: the fraction of samples whose arg-max output firing rate (=
+        spike count) is the label, and :meth:`FiringRateMonitor.results` of every LIF layer.
+    """
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=device)
     with FiringRateMonitor(model) as monitor:
@@ -334,6 +354,7 @@ def rng_states() -> dict:
 
 
 def set_rng_states(states: dict) -> None:
+    """Restore the generator states saved by :func:`rng_states` (CUDA's only where CUDA is)."""
     py = states['python']
     random.setstate((py[0], tuple(py[1]), py[2]))
     np_state = states['numpy']
@@ -344,20 +365,53 @@ def set_rng_states(states: dict) -> None:
 
 
 def atomic_save(obj, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename over it."""
+    """``torch.save`` to a temporary file beside ``path``, flushed to disk, then renamed over it.
+
+    A crash at any point leaves either the previous file or the new one, never a partial one.
+    """
     tmp = path.with_name(path.name + '.tmp')
-    torch.save(obj, tmp)
+    with open(tmp, 'wb') as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
-def load_checkpoint(path: Path, device: torch.device) -> dict:
-    """Load a checkpoint written by this engine (state dicts only, ``weights_only=True``)."""
-    return torch.load(path, map_location=device, weights_only=True)
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` a copy of ``src`` (a hard link where the file system allows), atomically."""
+    tmp = dst.with_name(dst.name + '.tmp')
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    _fsync_dir(dst.parent)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint written by this engine (state dicts only, ``weights_only=True``).
+
+    Everything is loaded to the CPU: random generator states must stay CPU byte tensors and
+    Adam's step counts CPU scalars; ``load_state_dict`` moves weights and moments to the
+    device of their parameters.
+    """
+    return torch.load(path, map_location='cpu', weights_only=True)
 
 
 # ----------------------------------------------------------------------------- the run
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators; deterministic cuDNN (spec, conventions)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -391,6 +445,8 @@ class Run:
         self.model_dir = args.dump_dir / 'models' / self.name
         self.checkpoint = self.model_dir / 'checkpoint.pt'
         self.device = args.device
+        if self.device.type == 'cuda' and self.device.index is not None:
+            torch.cuda.set_device(self.device)     # pinned memory and kernels on -gpu ID too
         seed_everything(args.seed)
         self.model = exp.build_model(args).to(self.device)
         syn = synapses(self.model)
@@ -405,6 +461,8 @@ class Run:
 
     # -- persistence
     def state(self) -> dict:
+        """The checkpoint: state dicts of model and optimizers, epoch just finished, step,
+        best test accuracy, every random generator state and the run name."""
         return {'model': self.model.state_dict(),
                 'optimizers': {k: o.state_dict() for k, o in self.optimizers.items()},
                 'epoch': self.epoch, 'step': self.step, 'best_acc': self.best_acc,
@@ -412,6 +470,7 @@ class Run:
                 'run': self.name}
 
     def restore(self, ckpt: dict) -> None:
+        """Continue from a checkpoint of :meth:`state`: the next epoch is the one after it."""
         self.model.load_state_dict(ckpt['model'])
         for k, o in self.optimizers.items():
             o.load_state_dict(ckpt['optimizers'][k])
@@ -422,13 +481,13 @@ class Run:
     def save(self, epoch: int) -> None:
         """Checkpoint the finished epoch ``epoch`` (== self.epoch) atomically."""
         self.model_dir.mkdir(parents=True, exist_ok=True)
-        state = self.state()
-        atomic_save(state, self.checkpoint)
+        atomic_save(self.state(), self.checkpoint)
         if epoch % self.args.i1 == 0:
-            atomic_save(state, self.model_dir / f'checkpoint-{epoch}.pt')
+            atomic_copy(self.checkpoint, self.model_dir / f'checkpoint-{epoch}.pt')
 
     # -- training
     def train_epoch(self, writer) -> float:
+        """Train one epoch (MSE of output firing rate vs one-hot label); returns its seconds."""
         model, args = self.model, self.args
         model.train()
         t0 = time.perf_counter()
@@ -454,6 +513,11 @@ class Run:
         return time.perf_counter() - t0
 
     def log_epoch(self, writer, acc, rates, before, train_s, test_s) -> dict:
+        """Write the epoch's TensorBoard scalars/histograms and return its metrics.jsonl record.
+
+        ``before`` maps each synapse tensor's name to its linked mask at the previous
+        evaluation (updated in place) for the prune/regrow counts.
+        """
         epoch, syn = self.epoch, synapses(self.model)
         report = sparsity_report(self.model)
         writer.add_scalar('test_acc', acc, epoch)
@@ -492,10 +556,12 @@ class Run:
         return record
 
     def train(self) -> None:
+        """Resume from the run's checkpoint if there is one, then train epochs up to -N,
+        testing, logging and checkpointing after each."""
         from torch.utils.tensorboard import SummaryWriter
         args = self.args
         if self.checkpoint.exists():
-            self.restore(load_checkpoint(self.checkpoint, self.device))
+            self.restore(load_checkpoint(self.checkpoint))
             print(f'resuming {self.name} at epoch {self.epoch}')
         if self.epoch > args.N:
             print(f'{self.name}: epochs 0..{args.N} are done; raise -N to train longer')
@@ -514,9 +580,11 @@ class Run:
                 test_s = time.perf_counter() - t0
                 self.best_acc = max(self.best_acc, acc)
                 record = self.log_epoch(writer, acc, rates, before, train_s, test_s)
+                with open(metrics, 'a') as f:     # before the checkpoint: a crash in
+                    f.write(json.dumps(record) + '\n')    # between redoes the epoch and
+                    f.flush()                           # _truncate_metrics drops this line
+                    os.fsync(f.fileno())
                 self.save(self.epoch)
-                with open(metrics, 'a') as f:
-                    f.write(json.dumps(record) + '\n')
                 syn = ', '.join(f'{k} {v:.4f}' for k, v in record['layer_sparsity'].items())
                 print(f"epoch {self.epoch}: test_acc {acc:.4f} (best {self.best_acc:.4f}), "
                       f"sparsity {record['sparsity']:.4f} [{syn}], "
@@ -526,7 +594,7 @@ class Run:
 
     def test(self) -> None:
         """Evaluate the latest checkpoint, print the figures, save firing rates as .npy."""
-        ckpt = load_checkpoint(self.checkpoint, self.device)
+        ckpt = load_checkpoint(self.checkpoint)
         self.model.load_state_dict(ckpt['model'])
         acc, rates = evaluate(self.model, self.test_loader, self.device)
         report = sparsity_report(self.model)
@@ -546,11 +614,17 @@ class Run:
 
 
 def _truncate_metrics(path: Path, first_epoch: int) -> None:
-    """Drop lines of epochs >= first_epoch (an epoch interrupted after logging is redone)."""
+    """Keep the lines of epochs < first_epoch: a later line belongs to an epoch that was
+    logged but not checkpointed (it is trained again), a half-written line to a crash."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)['epoch'] < first_epoch]
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)['epoch'] < first_epoch:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            pass
     path.write_text(''.join(line + '\n' for line in keep))
 
 

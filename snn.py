@@ -27,6 +27,7 @@ class UnbindLIFNode(neuron.LIFNode):
     """
 
     def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        """Spikes [T, N, *] (0/1) for the input currents ``x_seq`` [T, N, *], step by step."""
         if not self.training or self.backend != 'torch':
             return super().multi_step_forward(x_seq)
         spikes = []

@@ -2,7 +2,7 @@
 
 One training step = zero_grad, forward of CIFAR10SNN (T time steps), MSE loss
 between the output firing rate and the one-hot label, backward, Adam step
-(lr 1e-4), reset_net. Runs on the CPU.
+(lr 1e-4), reset_net. Runs on the CPU, or on --device.
 
 Each variant runs in its own subprocess (fresh interpreter, so neither sees the
 other's allocations). Both build the model with the same seed, so they hold
@@ -29,6 +29,7 @@ gradients, and Adam's two moment buffers (created on the first step, about
 model weights themselves.
 
 Usage: python benchmarks/c10_step.py [--batch 16] [--T 8] [--repeats 3] [--threads N] [--rounds R]
+       [--device cuda]   (on a GPU: synchronised timings and peak GPU memory allocated)
 """
 import argparse
 import json
@@ -54,7 +55,8 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_variant(variant: str, batch: int, T: int, repeats: int, seed: int, threads: int) -> dict:
+def run_variant(variant: str, batch: int, T: int, repeats: int, seed: int, threads: int,
+                device: str = 'cpu') -> dict:
     """Run in a child process; returns the measurements as a dict."""
     sys.path.insert(0, REPO_ROOT)
     import torch
@@ -65,17 +67,26 @@ def run_variant(variant: str, batch: int, T: int, repeats: int, seed: int, threa
     from c10.model import CIFAR10SNN
 
     torch.manual_seed(seed)
-    model = CIFAR10SNN(T=T, multi_step=(variant == 'fast'))
+    dev = torch.device(device)
+    model = CIFAR10SNN(T=T, multi_step=(variant == 'fast')).to(dev)
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(seed + 1)
     images = torch.randn(batch, 3, 32, 32, generator=g)
     labels = torch.randint(0, 10, (batch,), generator=g)
+    images, labels = images.to(dev), labels.to(dev)
     target = F.one_hot(labels, 10).float()
+
+    def sync():
+        if dev.type == 'cuda':
+            torch.cuda.synchronize(dev)
     checksum = float(sum(p.double().sum() for p in model.parameters()))
 
     baseline_rss = current_rss_mib()
     peak_before = peak_rss_mib()
+    if dev.type == 'cuda':
+        gpu_baseline = torch.cuda.memory_allocated(dev) / 2 ** 20
+        torch.cuda.reset_peak_memory_stats(dev)
 
     grad_norms = {}
 
@@ -94,12 +105,19 @@ def run_variant(variant: str, batch: int, T: int, repeats: int, seed: int, threa
     first_loss = step(record=True)  # warm-up; its gradients are compared across variants
     times, cpu_times = [], []
     for _ in range(repeats):
+        sync()
         t0, c0 = time.perf_counter(), time.process_time()
         step()
+        sync()
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
     peak = peak_rss_mib()
-    return {
+    gpu = {}
+    if dev.type == 'cuda':
+        gpu = {'gpu_baseline_mib': gpu_baseline,
+               'gpu_peak_increase_mib': torch.cuda.max_memory_allocated(dev) / 2 ** 20 - gpu_baseline}
+    return {**gpu,
+        'device': device,
         'variant': variant,
         'batch': batch,
         'T': T,
@@ -135,13 +153,14 @@ def main():
                              'time is a measure of work that is robust to other load')
     parser.add_argument('--rounds', type=int, default=1,
                         help='run both variants this many times, alternating their order')
+    parser.add_argument('--device', default='cpu', help='torch device, e.g. cpu or cuda')
     parser.add_argument('--variant', choices=['fast', 'ref'], default=None,
                         help='internal: run one variant in this process and print JSON')
     args = parser.parse_args()
 
     if args.variant is not None:
         print(json.dumps(run_variant(args.variant, args.batch, args.T, args.repeats, args.seed,
-                                      args.threads)))
+                                      args.threads, args.device)))
         return
 
     rounds = []
@@ -153,13 +172,13 @@ def main():
             cmd = [sys.executable, os.path.abspath(__file__), '--variant', variant,
                    '--batch', str(args.batch), '--T', str(args.T),
                    '--repeats', str(args.repeats), '--seed', str(args.seed),
-                   '--threads', str(args.threads)]
+                   '--threads', str(args.threads), '--device', args.device]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
             results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
         rounds.append(results)
 
     first = rounds[0]['fast']
-    print(f'CIFAR10SNN training step on CPU: batch {args.batch}, T {args.T}, '
+    print(f'CIFAR10SNN training step on {args.device}: batch {args.batch}, T {args.T}, '
           f'{first["threads"]} threads, Adam; per variant and round: 1 warm-up step, '
           f'median of {args.repeats} timed steps')
     print(f'{"round":<6}{"path":<20}{"median wall s":>14}{"median CPU s":>13}'
@@ -180,6 +199,11 @@ def main():
     print(f'peak RSS increase over the model+optimizer baseline '
           f'(~{first["baseline_rss_mib"]:.0f} MiB): fast {peak["fast"]:.0f} MiB, '
           f'loop {peak["ref"]:.0f} MiB')
+    if 'gpu_peak_increase_mib' in first:
+        gpu_peak = {key: max(res[key]['gpu_peak_increase_mib'] for res in rounds) for key in ('fast', 'ref')}
+        print(f'peak GPU memory allocated over the model+optimizer baseline '
+              f'(~{first["gpu_baseline_mib"]:.0f} MiB): fast {gpu_peak["fast"]:.0f} MiB, '
+              f'loop {gpu_peak["ref"]:.0f} MiB')
 
     for res in rounds:
         for key in ('fast', 'ref'):

@@ -68,6 +68,11 @@ class StepwiseBatchNorm2d(layer.BatchNorm2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise ``x``: [N, C, H, W] in single-step mode, [T, N, C, H, W] in multi-step.
+
+        Raises:
+            ValueError: an unknown step mode, or a multi-step input that is not 5-D.
+        """
         if self.step_mode == 's':
             return super().forward(x)
         if self.step_mode != 'm':

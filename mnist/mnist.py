@@ -108,7 +108,7 @@ EXPERIMENT = engine.Experiment(
     prog='mnist.py',
     description='Prune the MNIST SNN (784-800-10 LIF, T time steps) with Grad R, Deep R or '
                 'soft Deep R (Chen et al., IJCAI 2021), or train it unpruned (-m no_prune).',
-    defaults={'b': 128, 'lr': 1e-3, 'N': 512, 'i1': 32, 'i2': 1024},
+    defaults={'b': 128, 'lr': 1e-3, 'N': 511, 'i1': 32, 'i2': 1024},
     build_model=lambda args: MNISTSNN(T=args.T),
     load_datasets=load_datasets,
 )

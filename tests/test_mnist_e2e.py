@@ -109,17 +109,29 @@ def test_dash_test_prints_and_saves_firing_rates(grad_run):
         assert f'firing rate {layer}: {final["firing_rate"][layer]:.4f}' in done.stdout
 
 
-@pytest.mark.parametrize('mode', [['-m', 'deep', '-s', '0.95'], ['-m', 'deep', '-soft', '-s', '0.95'],
-                                  ['-m', 'no_prune']])
-def test_other_modes_train_and_log(tmp_path, mode):
+@pytest.mark.parametrize('mode, name', [
+    (['-m', 'deep', '-s', '0.95'], 'lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-deep'),
+    (['-m', 'deep', '-soft', '-s', '0.95'], 'soft-lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-deep'),
+    (['-m', 'deep', '-s', '0.95', '--deepr-regrowth', 'active'],
+     'lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-deep-regrowth-active'),
+    (['-m', 'no_prune'], 'lr-1e-3-b-128-T-8-no_prune')])
+def test_other_modes_train_and_log(tmp_path, mode, name):
     done = run_script(MNIST, *mode, '--dump-dir', tmp_path, *SMALL, '-N', '0')
     assert done.returncode == 0, done.stderr
-    (log_dir,) = (tmp_path / 'logs').iterdir()
+    log_dir = tmp_path / 'logs' / f'{name}-train-6000-test-1000'
+    assert [p.name for p in (tmp_path / 'logs').iterdir()] == [log_dir.name]
     (record,) = read_metrics(log_dir)
     assert record['test_acc'] > 0.5
     _, tags = tensorboard_tags(log_dir)
     assert 'test_acc' in tags['scalars'] and 'sparsity' in tags['scalars']
-    has_theta = '-soft' in mode
-    assert ('fc.1.weight-theta' in tags['histograms']) == has_theta
+    assert ('fc.1.weight-theta' in tags['histograms']) == ('-soft' in mode)
+    ckpt = torch.load(tmp_path / 'models' / log_dir.name / 'checkpoint.pt', weights_only=True)
+    group = ckpt['optimizers']['synapse']['param_groups'][0]
     if mode[1] == 'no_prune':
-        assert record['sparsity'] == 0
+        assert record['sparsity'] == 0 and 'max_s' not in group
+    else:
+        # Deep R prunes from the first epoch on (sign flips), and the flags reach it.
+        assert 0.05 < record['sparsity'] < 0.95
+        assert (group['max_s'], group['l1'], group['T'], group['soft']) == (0.95, 1e-3, 0, '-soft' in mode)
+        assert group['regrowth'] == ('active' if 'active' in mode else 'released')
+        assert 'generator' in ckpt['optimizers']['synapse']

@@ -1,0 +1,107 @@
+"""Unit tests of the shared engine: run names, firing-rate counts, checkpoint safety."""
+import argparse
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+from spikingjelly.activation_based import functional
+from torch.utils.data import DataLoader, TensorDataset
+
+import engine
+from mnist import mnist
+from snn import lif
+
+
+def args_for(*argv):
+    return engine.build_parser(mnist.EXPERIMENT).parse_args(list(argv))
+
+
+@pytest.mark.parametrize('argv, name', [
+    (['-m', 'grad', '-s', '0.95'], 'lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-grad'),
+    (['-m', 'deep', '-s', '0.95'], 'lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-deep'),
+    (['-m', 'deep', '-soft', '-s', '0.95'], 'soft-lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-deep'),
+    (['-m', 'no_prune', '-s', '0.95'], 'lr-1e-3-b-128-T-8-no_prune'),
+    (['-m', 'grad', '-s', '0.8', '-lr', '1e-4', '-b', '16', '-T', '4', '-penalty', '5e-4'],
+     'lr-1e-4-b-16-T-4-penalty-5e-4-s-0.8-grad'),
+    (['-m', 'grad', '-s', '0.9500001'], 'lr-1e-3-b-128-T-8-penalty-1e-3-s-0.9500001-grad'),
+    (['-m', 'grad', '-s', '0.95', '--seed', '7'], 'lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-grad-seed-7'),
+    (['-m', 'deep', '-s', '0.95', '--deepr-regrowth', 'active'],
+     'lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-deep-regrowth-active'),
+    (['-m', 'grad', '-s', '0.95', '--seed', '2020', '--workers', '0', '-N', '3'],
+     'lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-grad'),
+])
+def test_run_names(argv, name):
+    assert engine.run_name(args_for(*argv)) == name
+
+
+class ConstantCurrentLIF(nn.Module):
+    """Input [N, 3] fed as a constant current for T steps to 3 LIF neurons; output rate [N, 3]."""
+
+    def __init__(self, T):
+        super().__init__()
+        self.T = T
+        self.neurons = nn.Sequential(lif())
+        functional.set_step_mode(self.neurons, 'm')
+
+    def forward(self, x):
+        return self.neurons(x.unsqueeze(0).expand(self.T, *x.shape)).mean(0)
+
+
+def test_firing_rates_by_hand():
+    # LIF, tau 2, threshold 1, hard reset 0: v <- v + (x - v) / 2.
+    # x = 2.0: v = 1.0 at every step -> 8 spikes in T = 8.
+    # x = 1.5: v = 0.75, 1.125 (spike, reset), 0.75, 1.125 (spike), ... -> 4 spikes.
+    # x = 0:   never fires.
+    x = torch.tensor([[2.0, 0.0, 1.5], [2.0, 0.0, 0.0]])
+    labels = torch.tensor([0, 1])
+    loader = DataLoader(TensorDataset(x, labels), batch_size=1)
+    acc, rates = engine.evaluate(ConstantCurrentLIF(T=8), loader, torch.device('cpu'))
+    assert acc == 0.5                                     # both predict class 0
+    (layer,) = rates
+    assert layer == 'neurons.0'
+    # per neuron: (8 + 8) / 16, 0 / 16, (4 + 0) / 16
+    assert rates[layer]['per_neuron'].tolist() == [1.0, 0.0, 0.25]
+    assert rates[layer]['avg_firing_rate'] == pytest.approx(1.25 / 3)
+    # silent (sample, neuron) pairs: (0, 1), (1, 1), (1, 2) -> 3 of 6
+    assert rates[layer]['nonfire_prop'] == 0.5
+
+
+def test_atomic_save_keeps_the_good_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / 'checkpoint.pt'
+    engine.atomic_save({'epoch': 3}, path)
+
+    def broken_save(obj, f):
+        f.write(b'half a checkpoint')
+        raise KeyboardInterrupt                           # e.g. Ctrl-C while writing
+
+    monkeypatch.setattr(torch, 'save', broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        engine.atomic_save({'epoch': 4}, path)
+    assert engine.load_checkpoint(path) == {'epoch': 3}
+
+
+def test_atomic_copy(tmp_path):
+    src, dst = tmp_path / 'checkpoint.pt', tmp_path / 'checkpoint-0.pt'
+    engine.atomic_save({'epoch': 0}, src)
+    engine.atomic_copy(src, dst)
+    engine.atomic_save({'epoch': 1}, src)                 # replacing the source ...
+    assert engine.load_checkpoint(dst) == {'epoch': 0}   # ... leaves the copy as it was
+
+
+def test_truncate_metrics_drops_later_and_broken_lines(tmp_path):
+    path = tmp_path / 'metrics.jsonl'
+    path.write_text(''.join(json.dumps({'epoch': e}) + '\n' for e in range(3)) + '{"epoch": 3, "te')
+    engine._truncate_metrics(path, 2)
+    assert path.read_text() == '{"epoch": 0}\n{"epoch": 1}\n'
+
+
+def test_sparsity_report_counts_below_1e_10():
+    model = nn.Sequential(nn.Linear(4, 2, bias=False), nn.BatchNorm1d(2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[0.0, 1e-11, -1e-10, 0.5], [1.0, -2.0, 3.0, 4.0]]))
+    report = engine.sparsity_report(model)
+    assert report['layers'] == {'0.weight': 2 / 8}        # 0 and 1e-11; |-1e-10| is linked
+    assert report['overall'] == 2 / 8
+    # "with bn" counts the BN parameters too: weights 1, 1 and biases 0, 0 (|b| < 1e-10).
+    assert report['with_bn'] == (2 + 2) / 12

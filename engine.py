@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -90,13 +91,14 @@ def build_parser(exp: Experiment) -> argparse.ArgumentParser:
     p.add_argument('-penalty', type=float, default=1e-3, metavar='P',
                    help='prior strength: alpha of Grad R, l1 of Deep R (>= 0)')
     p.add_argument('-s', type=float, default=None, metavar='S',
-                   help='target sparsity: Grad R needs 0.5 <= s < 1, Deep R (max_s) 0 <= s <= 1; '
-                        'required with -m grad and -m deep')
+                   help='target sparsity: Grad R needs 0.5 <= s < 1 (any s when -penalty is 0, '
+                        'which turns its prior off), Deep R (max_s) 0 <= s <= 1; required with '
+                        '-m grad and -m deep, ignored with -m no_prune')
     p.add_argument('-gpu', type=int, default=None, metavar='ID',
                    help='CUDA device index (same as --device cuda:ID)')
-    p.add_argument('--dataset-dir', type=Path, default=REPO_ROOT / 'data', metavar='DIR',
+    p.add_argument('--dataset-dir', type=_folder, default=REPO_ROOT / 'data', metavar='DIR',
                    help='where the data set is read from (and downloaded to)')
-    p.add_argument('--dump-dir', type=Path, default=REPO_ROOT / 'runs', metavar='DIR',
+    p.add_argument('--dump-dir', type=_folder, default=REPO_ROOT / 'runs', metavar='DIR',
                    help='logs go to DIR/logs/<run>, checkpoints to DIR/models/<run>')
     p.add_argument('-T', type=int, default=8, help='simulation time steps per sample')
     p.add_argument('-N', type=int, default=d['N'],
@@ -111,17 +113,24 @@ def build_parser(exp: Experiment) -> argparse.ArgumentParser:
                    help='every K training steps: log train/acc and train/loss')
     p.add_argument('--seed', type=int, default=DEFAULT_SEED, help='seed of every random generator')
     p.add_argument('--device', default=None,
-                   help='torch device, e.g. cpu, cuda, cuda:1 (default: CUDA if available, else CPU)')
+                   help='torch device, e.g. cpu, cuda, cuda:1; None: CUDA if available, else CPU')
     p.add_argument('--workers', type=int, default=min(4, os.cpu_count() or 1),
                    help='data-loading worker processes')
     p.add_argument('--deepr-regrowth', choices=('released', 'active'), default='released',
-                   help="Deep R reactivation: as the released runs or as Bellec et al. 2018 "
-                        "(see shared/spec/rewiring.md)")
+                   help="with -m deep: reactivated synapses as in the released runs (never "
+                        "trained again) or as Bellec et al. 2018 (trained); see deeprewire.py")
     p.add_argument('--train-size', type=int, default=None, metavar='K',
                    help='train on the first K training samples only (a smoke test; named in the run)')
     p.add_argument('--test-size', type=int, default=None, metavar='K',
                    help='evaluate on the first K test samples only (named in the run)')
     return p
+
+
+def _folder(text: str) -> Path:
+    """argparse type of the folder flags: a non-empty path."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f'a folder path is needed, got {text!r}')
+    return Path(text)
 
 
 def _sci(x: float) -> str:
@@ -197,6 +206,7 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError(f'-N (last epoch) must be >= 0, got {args.N}')
     if args.workers < 0:
         raise UsageError(f'--workers must be >= 0, got {args.workers}')
+    check_writable_dir('--dump-dir', args.dump_dir)
     if args.soft and args.m != 'deep':
         raise UsageError(f'-soft applies to -m deep only, got -m {args.m}')
     if args.m != 'no_prune':
@@ -208,6 +218,26 @@ def validate(args: argparse.Namespace) -> None:
         except ValueError as err:
             flag = _FLAG_OF_ARGUMENT.get(str(err).split()[0], '')
             raise UsageError(f'-m {args.m} {flag}: {err}'.replace('  ', ' ')) from None
+
+
+def check_writable_dir(flag: str, folder: Path) -> None:
+    """Check that ``folder`` is, or can be made, a writable directory.
+
+    Raises:
+        UsageError: an existing non-directory, or no write permission.
+    """
+    existing = Path(os.path.abspath(folder))
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f'{flag} {folder}: {existing} is a file, not a folder')
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f'{flag} {folder}: {existing} is not writable')
+    try:                                       # e.g. a read-only mount, which os.access misses
+        probe = tempfile.TemporaryFile(dir=existing)
+    except OSError as err:
+        raise UsageError(f'{flag} {folder}: cannot write in {existing} ({err.strerror})') from None
+    probe.close()
 
 
 def resolve_device(args: argparse.Namespace) -> torch.device:
@@ -562,10 +592,10 @@ class Run:
         args = self.args
         if self.checkpoint.exists():
             self.restore(load_checkpoint(self.checkpoint))
+            if self.epoch > args.N:
+                print(f'{self.name}: epochs 0..{self.epoch - 1} are done; raise -N to train longer')
+                return
             print(f'resuming {self.name} at epoch {self.epoch}')
-        if self.epoch > args.N:
-            print(f'{self.name}: epochs 0..{args.N} are done; raise -N to train longer')
-            return
         self.log_dir.mkdir(parents=True, exist_ok=True)
         metrics = self.log_dir / 'metrics.jsonl'
         _truncate_metrics(metrics, self.epoch)

@@ -143,11 +143,14 @@ def _rel_diffs(a: dict, b: dict) -> list:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--batch', type=int, default=16)
-    parser.add_argument('--T', type=int, default=8)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n')[0].rstrip('.') + '. The fast path runs all T steps of each layer in '
+        "one call (SpikingJelly's multi-step mode); the loop simulates one time step after the "
+        'other. On 2 CPU cores the default settings take about a minute.')
+    parser.add_argument('--batch', type=int, default=16, help='batch size (default 16, as released)')
+    parser.add_argument('--T', type=int, default=8, help='time steps (default 8)')
     parser.add_argument('--repeats', type=int, default=3, help='timed steps after one warm-up step')
-    parser.add_argument('--seed', type=int, default=2020)
+    parser.add_argument('--seed', type=int, default=2020, help='seed of weights, batch and dropout')
     parser.add_argument('--threads', type=int, default=0,
                         help='torch intra-op threads (0: torch default). With 1 thread the CPU '
                              'time is a measure of work that is robust to other load')
@@ -155,7 +158,7 @@ def main():
                         help='run both variants this many times, alternating their order')
     parser.add_argument('--device', default='cpu', help='torch device, e.g. cpu or cuda')
     parser.add_argument('--variant', choices=['fast', 'ref'], default=None,
-                        help='internal: run one variant in this process and print JSON')
+                        help=argparse.SUPPRESS)   # internal: one variant in this process, JSON out
     args = parser.parse_args()
 
     if args.variant is not None:

@@ -34,6 +34,8 @@ def load_datasets(args):
         engine.UsageError: the data are absent and cannot be downloaded (one line).
     """
     root = args.dataset_dir
+    if not (root / 'cifar-10-batches-py').is_dir():
+        engine.check_writable_dir('--dataset-dir', root)
     existed = root.exists()
     normalise = [transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
     train_tf = transforms.Compose([transforms.RandomCrop(32, padding=4),

@@ -77,6 +77,7 @@ def ensure_mnist(root: Path) -> None:
     raw_dir = root / 'MNIST' / 'raw'
     if all((raw_dir / name).exists() for name in RAW_MD5):
         return
+    engine.check_writable_dir('--dataset-dir', root)
     print(f'MNIST not found in {raw_dir}; downloading', file=sys.stderr)
     try:
         datasets.MNIST(str(root), train=True, download=True)

@@ -1,5 +1,4 @@
 """Unit tests of the shared engine: run names, firing-rate counts, checkpoint safety."""
-import argparse
 import json
 
 import pytest

@@ -1,4 +1,5 @@
 """Shared helpers of the end-to-end and CLI tests."""
+import io
 import json
 import subprocess
 import sys
@@ -69,3 +70,36 @@ def assert_matches_adam(make_rewiring, weight_decay, amsgrad):
     assert sorted(states[1]) == sorted(adam_keys)
     assert all(torch.equal(states[0][key], states[1][key]) for key in adam_keys)
     return weights[0]
+
+
+def run_and_resume(make, n, seed=3, steps=20, save_at=10):
+    """Train a fresh tensor of ``n`` weights for ``steps`` random-gradient steps with
+    ``make(w, first=True)``, saving weights and ``state_dict()`` (through torch.save) before
+    step ``save_at``; then rebuild with ``make(w, first=False)``, load, and redo the rest.
+
+    Returns ``(history, resumed, optimizer, saved_state_dict)``: the weights before the first
+    step and after every step of the uninterrupted run, the resumed run's final weights and
+    optimizer, and the optimizer state dict as it came back from disk.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    w0 = torch.randn(n, generator=gen)
+    grads = [torch.randn(n, generator=gen) for _ in range(steps)]
+    w = torch.nn.Parameter(w0.clone())
+    opt = make(w, first=True)
+    buffer = io.BytesIO()
+    history = [w0]
+    for i, g in enumerate(grads):
+        if i == save_at:
+            torch.save({"w": w.detach().clone(), "opt": opt.state_dict()}, buffer)
+        w.grad = g.clone()
+        opt.step()
+        history.append(w.detach().clone())
+    buffer.seek(0)
+    saved = torch.load(buffer)
+    resumed = torch.nn.Parameter(saved["w"])
+    opt2 = make(resumed, first=False)
+    opt2.load_state_dict(saved["opt"])
+    for g in grads[save_at:]:
+        resumed.grad = g.clone()
+        opt2.step()
+    return history, resumed.detach(), opt2, saved["opt"]

@@ -7,13 +7,12 @@ Hand-worked cases use float64 tensors and hyper-parameters that make Adam's dire
   den = sqrt(v_t / (1 - 0.75^t)) = 1, step = lr / (1 - 0^t) = lr, so step * adam = lr * g.
 All these numbers are exact binary fractions, so the expected values are exact.
 """
-import io
 
 import pytest
 import torch
 
 from gradrewire import GradRewiring
-from helpers import assert_matches_adam, f64, param, step_with
+from helpers import assert_matches_adam, f64, param, run_and_resume, step_with
 
 
 def test_first_step_rules_1_to_4():
@@ -196,32 +195,8 @@ def test_step_count_is_stored_like_adam():
 
 def test_state_dict_round_trip_resumes_bit_identically():
     # Strong prior and a noisy gradient: synapses get pruned and regrow during the run.
-    def make(w):
-        return GradRewiring([w], lr=0.05, alpha=2.0, s=0.6)
-
-    gen = torch.Generator().manual_seed(3)
-    w0 = torch.randn(50, generator=gen)
-    grads = [torch.randn(50, generator=gen) for _ in range(20)]
-
-    w = torch.nn.Parameter(w0.clone())
-    opt = make(w)
-    buffer = io.BytesIO()
-    history = []
-    for i, g in enumerate(grads):
-        if i == 10:
-            torch.save({"w": w.detach().clone(), "opt": opt.state_dict()}, buffer)
-        w.grad = g.clone()
-        opt.step()
-        history.append(w.detach().clone())
-    assert (history[9] == 0).any() and (history[19] == 0).sum() != (history[9] == 0).sum()
-
-    buffer.seek(0)
-    saved = torch.load(buffer)
-    resumed = torch.nn.Parameter(saved["w"])
-    opt2 = make(resumed)
-    opt2.load_state_dict(saved["opt"])
-    assert opt2.state[resumed]["step"].dtype == torch.float32
-    for g in grads[10:]:
-        resumed.grad = g.clone()
-        opt2.step()
-    assert torch.equal(resumed.detach(), history[-1])
+    history, resumed, opt2, _ = run_and_resume(
+        lambda w, first: GradRewiring([w], lr=0.05, alpha=2.0, s=0.6), 50)
+    assert (history[10] == 0).any() and (history[20] == 0).sum() != (history[10] == 0).sum()
+    assert opt2.state[opt2.param_groups[0]["params"][0]]["step"].dtype == torch.float32
+    assert torch.equal(resumed, history[-1])

@@ -508,12 +508,12 @@ class Run:
         set_rng_states(ckpt['rng'])
         self.train_loader.generator.set_state(ckpt['loader_rng'])
 
-    def save(self, epoch: int) -> None:
-        """Checkpoint the finished epoch ``epoch`` (== self.epoch) atomically."""
+    def save(self) -> None:
+        """Checkpoint the epoch just finished atomically; a numbered copy every -i1 epochs."""
         self.model_dir.mkdir(parents=True, exist_ok=True)
         atomic_save(self.state(), self.checkpoint)
-        if epoch % self.args.i1 == 0:
-            atomic_copy(self.checkpoint, self.model_dir / f'checkpoint-{epoch}.pt')
+        if self.epoch % self.args.i1 == 0:
+            atomic_copy(self.checkpoint, self.model_dir / f'checkpoint-{self.epoch}.pt')
 
     # -- training
     def train_epoch(self, writer) -> float:
@@ -614,7 +614,7 @@ class Run:
                     f.write(json.dumps(record) + '\n')    # between redoes the epoch and
                     f.flush()                           # _truncate_metrics drops this line
                     os.fsync(f.fileno())
-                self.save(self.epoch)
+                self.save()
                 syn = ', '.join(f'{k} {v:.4f}' for k, v in record['layer_sparsity'].items())
                 print(f"epoch {self.epoch}: test_acc {acc:.4f} (best {self.best_acc:.4f}), "
                       f"sparsity {record['sparsity']:.4f} [{syn}], "

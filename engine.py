@@ -269,6 +269,11 @@ def synapses(model: nn.Module) -> dict[str, nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.dim() > 1}
 
 
+def non_synapses(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters that are never pruned (BatchNorm weights and biases): 1-D ones."""
+    return [p for p in model.parameters() if p.dim() <= 1]
+
+
 def linked(p: torch.Tensor) -> torch.Tensor:
     """Bool mask of linked synapses, ``|w| >= 1e-10`` (spec, experiment conventions)."""
     return p.detach().abs() >= LINK_THRESHOLD
@@ -288,7 +293,7 @@ def sparsity_report(model: nn.Module) -> dict:
         layers[name] = z / p.numel()
         zeros, total = zeros + z, total + p.numel()
     report = {'layers': layers, 'overall': zeros / total}
-    others = [p for n, p in model.named_parameters() if n not in syn]
+    others = non_synapses(model)
     if others:
         z_all = zeros + sum(int((~linked(p)).sum()) for p in others)
         report['with_bn'] = z_all / (total + sum(p.numel() for p in others))
@@ -479,9 +484,8 @@ class Run:
             torch.cuda.set_device(self.device)     # pinned memory and kernels on -gpu ID too
         seed_everything(args.seed)
         self.model = exp.build_model(args).to(self.device)
-        syn = synapses(self.model)
-        others = [p for n, p in self.model.named_parameters() if n not in syn]
-        self.optimizers = {'synapse': make_synapse_optimizer(args, list(syn.values()))}
+        others = non_synapses(self.model)
+        self.optimizers = {'synapse': make_synapse_optimizer(args, list(synapses(self.model).values()))}
         if others:   # BatchNorm: never pruned, plain Adam with the same learning rate
             self.optimizers['bn'] = torch.optim.Adam(others, lr=args.lr)
         train_set, test_set = datasets

@@ -458,16 +458,18 @@ def _subset(ds: Dataset, k: int | None) -> Dataset:
     return ds if k is None else Subset(ds, range(min(k, len(ds))))
 
 
-def _loader(ds, args, shuffle, seed_offset):
-    """A DataLoader whose shuffling and worker seeds come from its own generator.
+def _loader(ds, args, shuffle):
+    """A DataLoader that draws its shuffling and worker seeds from torch's global generator.
 
-    Workers are not persistent: each epoch's workers are seeded from the generator, whose
-    state the checkpoint keeps, so a resumed run augments exactly as an uninterrupted one.
+    As in the released scripts (DataLoader without a generator): after seeding and building
+    the model, each epoch's iterator draws the workers' base seed and then the shuffle seed
+    from the global stream, so a run with a given ``--seed`` sees the released scripts' data
+    order. Workers are not persistent: each epoch's workers are seeded anew from that stream,
+    whose state the checkpoint keeps (:func:`rng_states`), so a resumed run shuffles and
+    augments exactly as an uninterrupted one.
     """
-    g = torch.Generator()
-    g.manual_seed(args.seed + seed_offset)
     return DataLoader(ds, batch_size=args.b, shuffle=shuffle, num_workers=args.workers,
-                      pin_memory=args.device.type == 'cuda', drop_last=False, generator=g)
+                      pin_memory=args.device.type == 'cuda', drop_last=False)
 
 
 class Run:
@@ -489,8 +491,8 @@ class Run:
         if others:   # BatchNorm: never pruned, plain Adam with the same learning rate
             self.optimizers['bn'] = torch.optim.Adam(others, lr=args.lr)
         train_set, test_set = datasets
-        self.train_loader = _loader(_subset(train_set, args.train_size), args, True, 0)
-        self.test_loader = _loader(_subset(test_set, args.test_size), args, False, 1)
+        self.train_loader = _loader(_subset(train_set, args.train_size), args, True)
+        self.test_loader = _loader(_subset(test_set, args.test_size), args, False)
         self.epoch, self.step, self.best_acc = 0, 0, 0.0
 
     # -- persistence
@@ -500,7 +502,7 @@ class Run:
         return {'model': self.model.state_dict(),
                 'optimizers': {k: o.state_dict() for k, o in self.optimizers.items()},
                 'epoch': self.epoch, 'step': self.step, 'best_acc': self.best_acc,
-                'rng': rng_states(), 'loader_rng': self.train_loader.generator.get_state(),
+                'rng': rng_states(),
                 'run': self.name}
 
     def restore(self, ckpt: dict) -> None:
@@ -510,7 +512,6 @@ class Run:
             o.load_state_dict(ckpt['optimizers'][k])
         self.epoch, self.step, self.best_acc = ckpt['epoch'] + 1, ckpt['step'], ckpt['best_acc']
         set_rng_states(ckpt['rng'])
-        self.train_loader.generator.set_state(ckpt['loader_rng'])
 
     def save(self) -> None:
         """Checkpoint the epoch just finished atomically; a numbered copy every -i1 epochs."""

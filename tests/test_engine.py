@@ -104,3 +104,27 @@ def test_sparsity_report_counts_below_1e_10():
     assert report['overall'] == 2 / 8
     # "with bn" counts the BN parameters too: weights 1, 1 and biases 0, 0 (|b| < 1e-10).
     assert report['with_bn'] == (2 + 2) / 12
+
+
+def _epoch_order(loader):
+    return torch.cat([label for _, label in loader]).tolist()
+
+
+@pytest.mark.parametrize('workers', [0, 2])
+def test_loaders_draw_from_the_global_generator_as_the_released_ones(workers):
+    """Same seed, same data order as a DataLoader without a generator (the released
+    scripts'), epoch after epoch; restoring torch's global state replays an epoch."""
+    ds = TensorDataset(torch.zeros(40, 1), torch.arange(40))
+    args = args_for('-m', 'grad', '-s', '0.95', '-b', '8', '--workers', str(workers))
+    args.device = torch.device('cpu')
+    torch.manual_seed(11)
+    ours = engine._loader(ds, args, shuffle=True)
+    epoch0 = _epoch_order(ours)
+    state = torch.get_rng_state()
+    epoch1 = _epoch_order(ours)
+    torch.manual_seed(11)
+    released = DataLoader(ds, batch_size=8, shuffle=True, num_workers=workers)
+    assert [_epoch_order(released), _epoch_order(released)] == [epoch0, epoch1]
+    assert epoch0 != epoch1 and sorted(epoch0) == list(range(40))
+    torch.set_rng_state(state)                          # what a resume does
+    assert _epoch_order(ours) == epoch1

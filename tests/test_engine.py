@@ -91,7 +91,7 @@ def test_atomic_copy(tmp_path):
 def test_truncate_metrics_drops_later_and_broken_lines(tmp_path):
     path = tmp_path / 'metrics.jsonl'
     path.write_text(''.join(json.dumps({'epoch': e}) + '\n' for e in range(3)) + '{"epoch": 3, "te')
-    engine._truncate_metrics(path, 2)
+    engine.checkpoint.truncate_metrics(path, 2)
     assert path.read_text() == '{"epoch": 0}\n{"epoch": 1}\n'
 
 
@@ -118,7 +118,7 @@ def test_loaders_draw_from_the_global_generator_as_the_released_ones(workers):
     args = args_for('-m', 'grad', '-s', '0.95', '-b', '8', '--workers', str(workers))
     args.device = torch.device('cpu')
     torch.manual_seed(11)
-    ours = engine._loader(ds, args, shuffle=True)
+    ours = engine.data.make_loader(ds, args, shuffle=True)
     epoch0 = _epoch_order(ours)
     state = torch.get_rng_state()
     epoch1 = _epoch_order(ours)

@@ -1,0 +1,230 @@
+"""The command line shared by ``mnist.py`` and ``c10.py``: flags, validation, device, run name.
+
+Everything here runs before any work starts: a bad flag ends as one :class:`UsageError` line
+(exit status 2) and no file is written. Flags and defaults are those of the 2021 release
+(``docs/method.md``, "Experiment conventions"), plus the flags this reproduction adds.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import Dataset
+
+from engine.optimizers import make_synapse_optimizer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODES = ('grad', 'deep', 'no_prune')
+DEFAULT_SEED = 2020
+
+
+class UsageError(Exception):
+    """Bad command-line input or missing data/run: reported as one line, exit status 2."""
+
+
+@dataclass
+class Experiment:
+    """What a dataset script contributes to the shared engine.
+
+    Attributes:
+        prog: script name shown in help and errors, e.g. ``'mnist.py'``.
+        description: one paragraph for ``--help``.
+        defaults: released defaults of the flags that differ per data set:
+            ``b`` (batch size), ``lr``, ``N`` (last epoch), ``i1``, ``i2``.
+        build_model: ``args -> nn.Module``; the module maps images [N, C, H, W] to output
+            firing rates [N, num_classes] in multi-step mode and has LIF layers from
+            SpikingJelly. Parameters with more than one dimension are the synapses that
+            the rewiring optimizers prune; the others (BatchNorm) get a plain Adam.
+        load_datasets: ``args -> (train_set, test_set)`` of (image tensor, int label)
+            pairs; raises :class:`UsageError` with one line when the data cannot be had.
+        num_classes: number of output classes (one-hot width of the MSE target).
+    """
+    prog: str
+    description: str
+    defaults: dict
+    build_model: Callable[[argparse.Namespace], nn.Module]
+    load_datasets: Callable[[argparse.Namespace], tuple[Dataset, Dataset]]
+    num_classes: int = 10
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but every error is a single line on stderr and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
+
+
+def build_parser(exp: Experiment) -> argparse.ArgumentParser:
+    """The released command line with the experiment's defaults, plus the new flags."""
+    d = exp.defaults
+    p = _OneLineParser(prog=exp.prog, description=exp.description,
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('-b', type=int, default=d['b'], metavar='B', help='batch size')
+    p.add_argument('-lr', type=float, default=d['lr'], metavar='LR', help='Adam learning rate (> 0)')
+    p.add_argument('-penalty', type=float, default=1e-3, metavar='P',
+                   help='prior strength: alpha of Grad R, l1 of Deep R (>= 0)')
+    p.add_argument('-s', type=float, default=None, metavar='S',
+                   help='target sparsity: Grad R needs 0.5 <= s < 1 (any s when -penalty is 0, '
+                        'which turns its prior off), Deep R (max_s) 0 <= s <= 1; required with '
+                        '-m grad and -m deep, ignored with -m no_prune')
+    p.add_argument('-gpu', type=int, default=None, metavar='ID',
+                   help='CUDA device index (same as --device cuda:ID)')
+    p.add_argument('--dataset-dir', type=_folder, default=REPO_ROOT / 'data', metavar='DIR',
+                   help='where the data set is read from (and downloaded to)')
+    p.add_argument('--dump-dir', type=_folder, default=REPO_ROOT / 'runs', metavar='DIR',
+                   help='logs go to DIR/logs/<run>, checkpoints to DIR/models/<run>')
+    p.add_argument('-T', type=int, default=8, help='simulation time steps per sample')
+    p.add_argument('-N', type=int, default=d['N'],
+                   help=f"index of the last epoch: epochs 0..N are trained ({d['N'] + 1} by default)")
+    p.add_argument('-m', choices=MODES, default='no_prune', help='pruning method')
+    p.add_argument('-soft', action='store_true', help='soft Deep R (with -m deep)')
+    p.add_argument('-test', action='store_true',
+                   help="evaluate the run's latest checkpoint and save its firing rates")
+    p.add_argument('-i1', type=int, default=d['i1'], metavar='E',
+                   help='every E epochs: firing rates, histograms and a numbered checkpoint')
+    p.add_argument('-i2', type=int, default=d['i2'], metavar='K',
+                   help='every K training steps: log train/acc and train/loss')
+    p.add_argument('--seed', type=int, default=DEFAULT_SEED, help='seed of every random generator')
+    p.add_argument('--device', default=None,
+                   help='torch device, e.g. cpu, cuda, cuda:1; None: CUDA if available, else CPU')
+    p.add_argument('--workers', type=int, default=min(4, os.cpu_count() or 1),
+                   help='data-loading worker processes')
+    p.add_argument('--deepr-regrowth', choices=('released', 'active'), default='released',
+                   help="with -m deep: reactivated synapses as in the released runs (never "
+                        "trained again) or as Bellec et al. 2018 (trained); see docs/method.md")
+    p.add_argument('--train-size', type=int, default=None, metavar='K',
+                   help='train on the first K training samples only (a smoke test; named in the run)')
+    p.add_argument('--test-size', type=int, default=None, metavar='K',
+                   help='evaluate on the first K test samples only (named in the run)')
+    return p
+
+
+def _folder(text: str) -> Path:
+    """argparse type of the folder flags: a non-empty path."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f'a folder path is needed, got {text!r}')
+    return Path(text)
+
+
+def _sci(x: float) -> str:
+    return np.format_float_scientific(x, trim='-', exp_digits=1)
+
+
+def run_name(args: argparse.Namespace) -> str:
+    """The released run name, e.g. ``lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-grad``.
+
+    Flags the release did not have add a suffix when they differ from their defaults
+    (``-seed-7``, ``-regrowth-active``, ``-train-K``, ``-test-K``), so that such runs do not
+    resume each other; ``s`` is written in full (``0.95``, ``0.9500001``).
+    """
+    name = f'lr-{_sci(args.lr)}-b-{args.b}-T-{args.T}'
+    pruning = args.m != 'no_prune'
+    if pruning:
+        name += f'-penalty-{_sci(args.penalty)}'
+    if args.soft:
+        name = 'soft-' + name
+    if args.s is not None and pruning:
+        name += f'-s-{args.s}'
+    name += f'-{args.m}'
+    if args.seed != DEFAULT_SEED:
+        name += f'-seed-{args.seed}'
+    if args.m == 'deep' and not args.soft and args.deepr_regrowth != 'released':
+        name += f'-regrowth-{args.deepr_regrowth}'
+    if args.train_size is not None:
+        name += f'-train-{args.train_size}'
+    if args.test_size is not None:
+        name += f'-test-{args.test_size}'
+    return name
+
+
+_FLAG_OF_ARGUMENT = {'s': '-s', 'max_s': '-s', 'alpha': '-penalty', 'l1': '-penalty', 'lr': '-lr'}
+"""The flag that sets each optimizer argument named first in its ValueError."""
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Check the flags before any work starts; sets ``args.device`` to a ``torch.device``.
+
+    Raises:
+        UsageError: one line naming the flag and what is allowed.
+    """
+    args.device = resolve_device(args)
+    positive = {'-b': args.b, '-T': args.T, '-i1': args.i1, '-i2': args.i2}
+    for flag, value in positive.items():
+        if value < 1:
+            raise UsageError(f'{flag} must be an integer >= 1, got {value}')
+    for flag, value in (('--train-size', args.train_size), ('--test-size', args.test_size)):
+        if value is not None and value < 1:
+            raise UsageError(f'{flag} must be an integer >= 1, got {value}')
+    if not args.lr > 0 or not np.isfinite(args.lr):
+        raise UsageError(f'-lr must be a number > 0, got {args.lr}')
+    if not args.penalty >= 0 or not np.isfinite(args.penalty):
+        raise UsageError(f'-penalty must be a number >= 0, got {args.penalty}')
+    if args.N < 0:
+        raise UsageError(f'-N (last epoch) must be >= 0, got {args.N}')
+    if args.workers < 0:
+        raise UsageError(f'--workers must be >= 0, got {args.workers}')
+    check_writable_dir('--dump-dir', args.dump_dir)
+    if args.soft and args.m != 'deep':
+        raise UsageError(f'-soft applies to -m deep only, got -m {args.m}')
+    if args.m != 'no_prune':
+        if args.s is None and not (args.m == 'grad' and args.penalty <= 1e-8):
+            allowed = '0.5 <= s < 1' if args.m == 'grad' else '0 <= s <= 1'
+            raise UsageError(f'-s (target sparsity) is required with -m {args.m}; allowed: {allowed}')
+        try:
+            make_synapse_optimizer(args, [nn.Parameter(torch.zeros(1))])
+        except ValueError as err:
+            flag = _FLAG_OF_ARGUMENT.get(str(err).split()[0], '')
+            raise UsageError(f'-m {args.m} {flag}: {err}'.replace('  ', ' ')) from None
+
+
+def check_writable_dir(flag: str, folder: Path) -> None:
+    """Check that ``folder`` is, or can be made, a writable directory.
+
+    Raises:
+        UsageError: an existing non-directory, or no write permission.
+    """
+    existing = Path(os.path.abspath(folder))
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f'{flag} {folder}: {existing} is a file, not a folder')
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f'{flag} {folder}: {existing} is not writable')
+    try:                                       # e.g. a read-only mount, which os.access misses
+        probe = tempfile.TemporaryFile(dir=existing)
+    except OSError as err:
+        raise UsageError(f'{flag} {folder}: cannot write in {existing} ({err.strerror})') from None
+    probe.close()
+
+
+def resolve_device(args: argparse.Namespace) -> torch.device:
+    """``--device``, else ``cuda:<-gpu>``, else CUDA when available, else the CPU.
+
+    Raises:
+        UsageError: both flags given, not a device, or a CUDA device that is not here.
+    """
+    if args.device is not None and args.gpu is not None:
+        raise UsageError('give either -gpu or --device, not both')
+    if args.gpu is not None:
+        spec = f'cuda:{args.gpu}'
+    elif args.device is not None:
+        spec = args.device
+    else:
+        spec = 'cuda' if torch.cuda.is_available() else 'cpu'
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UsageError(f'--device: not a torch device: {spec!r} (e.g. cpu, cuda, cuda:0)') from None
+    if device.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise UsageError(f'{spec}: CUDA is not available on this machine; use --device cpu')
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f'{spec}: only {torch.cuda.device_count()} CUDA device(s) here')
+    return device

@@ -1,0 +1,85 @@
+"""What a run writes for people: TensorBoard scalars and histograms, the per-epoch
+``metrics.jsonl`` record, the console lines and the ``-test`` report.
+
+Tags and their meaning: ``docs/method.md``, "Logging".
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from engine.metrics import prune_regrow_counts, sparsity_report
+from engine.optimizers import synapses
+
+
+def log_epoch(writer, model: nn.Module, synapse_optimizer: torch.optim.Optimizer, epoch: int,
+              step: int, histograms: bool, acc: float, rates: dict, before: dict,
+              train_s: float, test_s: float) -> dict:
+    """Write one epoch's TensorBoard scalars (and, when ``histograms``, firing rates and
+    weight/theta histograms) and return its ``metrics.jsonl`` record.
+
+    ``before`` maps each synapse tensor's name to its linked mask at the previous
+    evaluation (updated in place) for the prune/regrow counts.
+    """
+    report = sparsity_report(model)
+    writer.add_scalar('test_acc', acc, epoch)
+    if 'with_bn' in report:
+        writer.add_scalar('sparsity/with bn', report['with_bn'], epoch)
+        writer.add_scalar('sparsity/without bn', report['overall'], epoch)
+    else:
+        writer.add_scalar('sparsity', report['overall'], epoch)
+    counts = prune_regrow_counts(model, before)
+    for name, c in counts.items():
+        writer.add_scalar(f'layer sparsity/{name}', report['layers'][name], epoch)
+        writer.add_scalar(f'prune_cnt/{name}', c['pruned'], epoch)
+        writer.add_scalar(f'regrow_cnt/{name}', c['regrown'], epoch)
+        writer.add_scalar(f'prune-regrow/{name}', c['pruned'] - c['regrown'], epoch)
+    if histograms:
+        for layer, r in rates.items():
+            writer.add_scalar(f'avg_firing_rate/{layer}', r['avg_firing_rate'], epoch)
+            writer.add_scalar(f'nonfire_prop/{layer}', r['nonfire_prop'], epoch)
+        state = synapse_optimizer.state
+        for name, p in synapses(model).items():
+            writer.add_histogram(f'{name}-w', p.detach(), epoch)
+            if 'strength' in state.get(p, {}):
+                writer.add_histogram(f'{name}-theta', state[p]['strength'], epoch)
+    writer.flush()
+    record = {'epoch': epoch, 'step': step, 'test_acc': acc,
+              'sparsity': report['overall'], 'layer_sparsity': report['layers'],
+              'prune_regrow': counts,
+              'firing_rate': {k: r['avg_firing_rate'] for k, r in rates.items()},
+              'train_seconds': round(train_s, 3), 'test_seconds': round(test_s, 3)}
+    if 'with_bn' in report:
+        record['sparsity_with_bn'] = report['with_bn']
+    return record
+
+
+def epoch_line(record: dict, best_acc: float) -> str:
+    """The console line of a finished epoch."""
+    syn = ', '.join(f'{k} {v:.4f}' for k, v in record['layer_sparsity'].items())
+    return (f"epoch {record['epoch']}: test_acc {record['test_acc']:.4f} (best {best_acc:.4f}), "
+            f"sparsity {record['sparsity']:.4f} [{syn}], "
+            f"train {record['train_seconds']:.1f} s, test {record['test_seconds']:.1f} s")
+
+
+def print_test_report(name: str, epoch: int, model: nn.Module, acc: float, rates: dict,
+                      model_dir: Path) -> None:
+    """``-test``: print accuracy, sparsities and firing rates; save per-neuron firing rates
+    as ``<model_dir>/firing_rate-<layer>.npy``."""
+    report = sparsity_report(model)
+    print(f'run {name}, checkpoint of epoch {epoch}')
+    print(f'test_acc {acc:.4f}')
+    for layer, s in report['layers'].items():
+        print(f'layer sparsity {layer}: {s:.4f}')
+    if 'with_bn' in report:
+        print(f"sparsity without bn {report['overall']:.4f}")
+        print(f"sparsity with bn {report['with_bn']:.4f}")
+    else:
+        print(f"sparsity {report['overall']:.4f}")
+    for layer, r in rates.items():
+        path = model_dir / f'firing_rate-{layer}.npy'
+        np.save(path, r['per_neuron'])
+        print(f"firing rate {layer}: {r['avg_firing_rate']:.4f} (non-firing {r['nonfire_prop']:.4f}) -> {path}")

@@ -1,6 +1,6 @@
 """Deep R: deep rewiring (Bellec et al., ICLR 2018), the baseline of Grad R.
 
-Contract: spec/rewiring.md, section "Deep R", in the form the Grad R paper's released
+Contract: docs/method.md, "Deep R", in the form the Grad R paper's released
 experiments ran it (Chen et al., IJCAI 2021, doi 10.24963/ijcai.2021/236). Each synapse
 has a fixed sign; an active synapse follows Adam, an L1 pull towards 0 and Gaussian noise,
 and becomes dormant (w = 0) when its sign would flip. Hard mode then reactivates random
@@ -15,7 +15,7 @@ from rewiring_base import RewiringMixin, adam_step, check_arg
 
 
 class DeepRewiring(RewiringMixin, torch.optim.Adam):
-    """Adam with Deep R rewiring (spec "Deep R": hard steps 1-6, soft steps 1-4).
+    """Adam with Deep R rewiring (docs/method.md, "Deep R": hard steps 1-6, soft steps 1-4).
 
     Args:
         params: iterable of tensors or of param-group dicts, as for torch.optim.Adam. A group
@@ -117,7 +117,7 @@ class DeepRewiring(RewiringMixin, torch.optim.Adam):
         (self._soft_step if group["soft"] else self._hard_step)(w, state, group)
 
     def _hard_step(self, w, state, group):
-        """Steps 1-6 of spec "Deep R", hard mode."""
+        """Steps 1-6 of docs/method.md, "Hard Deep R"."""
         sign, active = state["sign"], state["active"]
         step, adam_term = adam_step(w, state, group)
         w.sub_(adam_term * active)                                # 1. gradient, active only
@@ -139,7 +139,7 @@ class DeepRewiring(RewiringMixin, torch.optim.Adam):
                 active.copy_(w != 0)
 
     def _soft_step(self, w, state, group):
-        """Steps 1-4 of spec "Deep R", soft mode."""
+        """Steps 1-4 of docs/method.md, "Soft Deep R"."""
         sign, active, theta = state["sign"], state["active"], state["strength"]
         step, adam_term = adam_step(w, state, group)
         u = sign * theta                                          # 1.

@@ -1,6 +1,6 @@
 """Grad R: Gradient Rewiring (Chen et al., IJCAI 2021, doi 10.24963/ijcai.2021/236).
 
-Contract: spec/rewiring.md, section "Grad R". Each synapse keeps a fixed sign and a hidden
+Contract: docs/method.md, "Grad R". Each synapse keeps a fixed sign and a hidden
 strength theta; the weight is `w = sign * max(theta, 0)`, so a synapse is pruned while
 theta < 0. theta follows Adam's direction for `w` even while pruned (the paper's redefined
 gradient, which lets a pruned synapse regrow) plus the gradient of a Laplace prior on theta
@@ -14,7 +14,7 @@ from rewiring_base import RewiringMixin, adam_step, check_arg
 
 
 class GradRewiring(RewiringMixin, torch.optim.Adam):
-    """Adam with Gradient Rewiring (spec "Grad R", steps 1-4).
+    """Adam with Gradient Rewiring (docs/method.md, "Grad R update", steps 1-4).
 
     Args:
         params: iterable of tensors or of param-group dicts, as for torch.optim.Adam. A group
@@ -50,7 +50,7 @@ class GradRewiring(RewiringMixin, torch.optim.Adam):
                       lambda v: 0.5 <= v < 1)
 
     def _update(self, w, state, group):
-        """Steps 1-4 of spec "Grad R" for tensor `w`, with theta the strength before the step:
+        """Steps 1-4 of docs/method.md, "Grad R update", for tensor `w` (theta: strength before it):
         1. u = sign * theta;  2. u -= step * adam (also where theta < 0);
         3. if alpha > eps: u -= step * alpha * sign(theta - mu) * sign;
         4. theta = sign * u;  w = sign * max(theta, 0).

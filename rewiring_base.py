@@ -1,6 +1,6 @@
 """The Adam piece shared by Grad R (`gradrewire.py`) and Deep R (`deeprewire.py`).
 
-Source: spec/rewiring.md, "Notation". Both optimizers are `torch.optim.Adam`
+Source: docs/method.md, "Notation". Both optimizers are `torch.optim.Adam`
 subclasses that keep Adam's moments and bias correction and differ only in how the
 Adam direction moves the synapses; that common part lives here once:
 
@@ -113,7 +113,7 @@ class RewiringMixin:
 
 
 def adam_step(p, state, group):
-    """One Adam moment update of tensor `p` (spec "Notation"); returns `(step, adam_term)`.
+    """One Adam moment update of `p` (docs/method.md, "Notation"); returns `(step, adam_term)`.
 
     Args:
         p: parameter tensor `w`, any shape, with a dense real `p.grad` (same shape).

@@ -1,9 +1,8 @@
 """The LIF neuron layer shared by the MNIST and CIFAR-10 networks.
 
-Neuron model of the released experiments (``shared/spec/rewiring.md``, experiment
-conventions): LIF, membrane time constant tau 2.0, threshold 1.0, hard reset to 0, reset
-detached from the graph, ATan surrogate gradient; SpikingJelly's ``neuron.LIFNode``
-provides the dynamics.
+Neuron model of the released experiments (``docs/method.md``, "Neurons"): LIF, membrane
+time constant tau 2.0, threshold 1.0, hard reset to 0, reset detached from the graph, ATan
+surrogate gradient; SpikingJelly's ``neuron.LIFNode`` provides the dynamics.
 """
 import torch
 from spikingjelly.activation_based import neuron, surrogate

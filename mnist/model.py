@@ -1,7 +1,7 @@
 """The MNIST spiking network of the Grad R experiments: 784-800-10 LIF neurons, no biases.
 
 Source: Chen et al., IJCAI 2021, section 5 (MNIST: a fully connected SNN with one hidden
-layer of 800 neurons) and the experiment conventions of ``shared/spec/rewiring.md``.
+layer of 800 neurons) and the experiment conventions in ``docs/method.md``, "Networks".
 """
 import torch
 import torch.nn as nn

@@ -1,4 +1,4 @@
-"""Tests of DeepRewiring against spec/rewiring.md, section "Deep R".
+"""Tests of DeepRewiring against docs/method.md, "Deep R".
 
 Hand-worked cases use float64 tensors, lr 1 (or 0.25) and betas (0, 0): then m = g, v = g^2,
 step = lr, den = |g| + eps and step * adam = lr * g / (|g| + eps); with eps 0 and g != 0 that

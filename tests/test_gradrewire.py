@@ -1,4 +1,4 @@
-"""Tests of GradRewiring against spec/rewiring.md, section "Grad R".
+"""Tests of GradRewiring against docs/method.md, "Grad R".
 
 Hand-worked cases use float64 tensors and hyper-parameters that make Adam's direction simple:
 - first step with betas (0.9, 0.999) and eps 0: step = lr / (1 - 0.9) = 10 lr,

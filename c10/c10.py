@@ -9,8 +9,8 @@ Examples (from the repository root, or from inside c10/ as ``python c10.py ...``
 
 Data (``--dataset-dir``), in this order of preference:
 
-- ``cifar-10-batches-py/`` or ``cifar-10-python.tar.gz`` (torchvision's CIFAR10, which
-  downloads the archive when neither is there);
+- ``cifar-10-batches-py/`` or ``cifar-10-python.tar.gz`` (torchvision's CIFAR10), also
+  when the folder holds none of the three layouts: then the archive is downloaded;
 - an image-folder copy, taken only when neither of the above is there and ``train/`` is:
   ``train/<class>/*`` and ``test/<class>/*`` with exactly CIFAR-10's ten class folders
   (airplane, automobile, bird, cat, deer, dog, frog, horse, ship, truck; labels 0..9 in

@@ -14,8 +14,9 @@ Data (``--dataset-dir``), in this order of preference:
 - an image-folder copy, taken only when neither of the above is there and ``train/`` is:
   ``train/<class>/*`` and ``test/<class>/*`` with exactly CIFAR-10's ten class folders
   (airplane, automobile, bird, cat, deer, dog, frog, horse, ship, truck; labels 0..9 in
-  that order) holding 32x32 RGB images, e.g. PNG or JPEG files. A JPEG copy changes the
-  pixels slightly, so its accuracies are not those of the original data.
+  that order) holding 32x32 RGB images, e.g. PNG or JPEG files. Samples are taken from
+  the classes in turn, so ``--train-size``/``--test-size`` see all ten. A JPEG copy
+  changes the pixels slightly, so its accuracies are not those of the original data.
 
 BatchNorm parameters are never pruned: the engine gives them a plain Adam with the same
 learning rate. Everything but the model, the data and the defaults lives in ``engine.py``.

@@ -206,7 +206,7 @@ EXPERIMENT = engine.Experiment(
     description='Prune the CIFAR-10 spiking CNN (6 conv + 2 FC layers, LIF, T time steps) with '
                 'Grad R, Deep R or soft Deep R (Chen et al., IJCAI 2021), or train it unpruned '
                 '(-m no_prune). BatchNorm parameters are trained by a plain Adam, never pruned.',
-    defaults={'b': 16, 'lr': 1e-4, 'N': 2047, 'i1': 128, 'i2': 1024},
+    defaults={'b': 16, 'lr': 1e-4, 'N': 2048, 'i1': 128, 'i2': 1024, 'eval_batch': 128},
     build_model=lambda args: CIFAR10SNN(T=args.T),
     load_datasets=load_datasets,
 )

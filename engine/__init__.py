@@ -51,6 +51,8 @@ def main(exp: Experiment, argv: Sequence[str] | None = None, datasets=None) -> i
             raise UsageError(f'-test: no checkpoint of run {run_name(args)} under '
                              f'{args.dump_dir / "models"}; train it first (same flags without -test)')
         run = Run(exp, args, datasets if datasets is not None else exp.load_datasets(args))
+        if not args.test:
+            run.resume()
     except UsageError as err:
         print(f'{exp.prog}: error: {err}', file=sys.stderr)
         return 2

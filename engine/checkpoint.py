@@ -90,19 +90,22 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location='cpu', weights_only=True)
 
 
-def truncate_metrics(path: Path, first_epoch: int) -> None:
-    """Keep the lines of epochs < first_epoch: a later line belongs to an epoch that was
-    logged but not checkpointed (it is trained again), a half-written line to a crash."""
+def truncate_metrics(path: Path, first_epoch: int) -> list[dict]:
+    """Keep the lines of epochs < first_epoch and return their records: a later line belongs
+    to an epoch that was logged but not checkpointed (it is trained again), a half-written
+    line to a crash."""
     if not path.exists():
-        return
+        return []
     keep = []
     for line in path.read_text().splitlines():
         try:
-            if json.loads(line)['epoch'] < first_epoch:
-                keep.append(line)
+            record = json.loads(line)
+            if record['epoch'] < first_epoch:
+                keep.append((line, record))
         except (json.JSONDecodeError, KeyError, TypeError):
             pass
-    path.write_text(''.join(line + '\n' for line in keep))
+    path.write_text(''.join(line + '\n' for line, _ in keep))
+    return [record for _, record in keep]
 
 
 def append_metrics(path: Path, record: dict) -> None:

@@ -37,7 +37,8 @@ class Experiment:
         prog: script name shown in help and errors, e.g. ``'mnist.py'``.
         description: one paragraph for ``--help``.
         defaults: released defaults of the flags that differ per data set:
-            ``b`` (batch size), ``lr``, ``N`` (last epoch), ``i1``, ``i2``.
+            ``b`` (batch size), ``lr``, ``N`` (last epoch), ``i1``, ``i2``, and
+            ``eval_batch`` (batch of the test pass).
         build_model: ``args -> nn.Module``; the module maps images [N, C, H, W] to output
             firing rates [N, num_classes] in multi-step mode and has LIF layers from
             SpikingJelly. Parameters with more than one dimension are the synapses that
@@ -95,7 +96,11 @@ def build_parser(exp: Experiment) -> argparse.ArgumentParser:
     p.add_argument('--device', default=None,
                    help='torch device, e.g. cpu, cuda, cuda:1; None: CUDA if available, else CPU')
     p.add_argument('--workers', type=int, default=min(4, os.cpu_count() or 1),
-                   help='data-loading worker processes')
+                   help='data-loading worker processes; their number shapes the augmentation '
+                        'draws, so a run resumes only with the same --workers')
+    p.add_argument('--eval-batch', type=int, default=d['eval_batch'], metavar='B',
+                   help='batch size of the test pass (BatchNorm in evaluation mode: results '
+                        'do not depend on it)')
     p.add_argument('--deepr-regrowth', choices=('released', 'active'), default='released',
                    help="with -m deep: reactivated synapses as in the released runs (never "
                         "trained again) or as Bellec et al. 2018 (trained); see docs/method.md")
@@ -155,13 +160,17 @@ def validate(args: argparse.Namespace) -> None:
         UsageError: one line naming the flag and what is allowed.
     """
     args.device = resolve_device(args)
-    positive = {'-b': args.b, '-T': args.T, '-i1': args.i1, '-i2': args.i2}
+    positive = {'-b': args.b, '-T': args.T, '-i1': args.i1, '-i2': args.i2,
+                '--eval-batch': args.eval_batch}
     for flag, value in positive.items():
         if value < 1:
             raise UsageError(f'{flag} must be an integer >= 1, got {value}')
     for flag, value in (('--train-size', args.train_size), ('--test-size', args.test_size)):
         if value is not None and value < 1:
             raise UsageError(f'{flag} must be an integer >= 1, got {value}')
+    if args.train_size is not None and args.train_size < args.b:
+        raise UsageError(f'--train-size {args.train_size} is smaller than one batch (-b {args.b}): '
+                         f'the last partial batch is dropped, as released, so nothing would train')
     if not args.lr > 0 or not np.isfinite(args.lr):
         raise UsageError(f'-lr must be a number > 0, got {args.lr}')
     if not args.penalty >= 0 or not np.isfinite(args.penalty):

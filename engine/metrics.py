@@ -25,9 +25,10 @@ def linked(p: torch.Tensor) -> torch.Tensor:
 def sparsity_report(model: nn.Module) -> dict:
     """Sparsity (fraction of ``|w| < 1e-10``) per synapse tensor and overall.
 
-    Returns ``{'layers': {name: float}, 'overall': float}``, plus ``'with_bn'`` (all
-    parameters) when the model has non-synapse parameters; ``'overall'`` then counts the
-    synapses only ("without bn").
+    Returns ``{'layers': {name: float}, 'overall': float}``, plus ``'with_bn'`` when the
+    model has non-synapse parameters: pruned synapses over all parameters, BatchNorm in the
+    denominator only, never counted as pruned (``docs/method.md``, "BatchNorm").
+    ``'overall'`` counts the synapses only ("without bn").
     """
     syn = synapses(model)
     layers, zeros, total = {}, 0, 0
@@ -38,8 +39,7 @@ def sparsity_report(model: nn.Module) -> dict:
     report = {'layers': layers, 'overall': zeros / total}
     others = non_synapses(model)
     if others:
-        z_all = zeros + sum(int((~linked(p)).sum()) for p in others)
-        report['with_bn'] = z_all / (total + sum(p.numel() for p in others))
+        report['with_bn'] = zeros / (total + sum(p.numel() for p in others))
     return report
 
 
@@ -63,26 +63,24 @@ class FiringRateMonitor:
     """Counts spikes of every LIF layer on the device during an evaluation pass.
 
     Forward hooks on each ``spikingjelly`` spiking neuron module (multi-step mode, output
-    [T, N, *shape]) accumulate per-neuron spike counts and the number of (sample, neuron)
-    pairs that stay silent for all T steps; nothing is copied to the host until
-    :meth:`results`. Use as a context manager around the evaluation loop.
+    [T, N, *shape]) accumulate per-neuron spike counts over the evaluation pass; nothing is
+    copied to the host until :meth:`results`. Use as a context manager around the
+    evaluation loop.
     """
 
     def __init__(self, model: nn.Module):
         self.layers = {n: m for n, m in model.named_modules() if isinstance(m, neuron.BaseNode)}
-        self.spikes, self.silent, self.samples, self.T = {}, {}, 0, None
+        self.spikes, self.samples, self.T = {}, 0, None
         self._handles = []
 
     def _hook(self, name):
         def hook(module, inputs, out):
             if out.dim() < 3:
                 raise RuntimeError(f'{name}: FiringRateMonitor needs multi-step mode, output [T, N, ...]')
-            per_sample = out.detach().sum(0)                     # [N, *shape] spike counts
+            spikes = out.detach().sum((0, 1))                   # [*shape] spike counts
             if name not in self.spikes:
-                self.spikes[name] = torch.zeros(per_sample.shape[1:], device=out.device)
-                self.silent[name] = torch.zeros((), dtype=torch.long, device=out.device)
-            self.spikes[name] += per_sample.sum(0)
-            self.silent[name] += (per_sample == 0).sum()
+                self.spikes[name] = torch.zeros(spikes.shape, device=out.device)
+            self.spikes[name] += spikes
             self.T = out.shape[0]
         return hook
 
@@ -103,14 +101,16 @@ class FiringRateMonitor:
         """``{layer: {'avg_firing_rate', 'nonfire_prop', 'per_neuron'}}``.
 
         ``avg_firing_rate``: spikes per neuron per time step, averaged over neurons and
-        samples; ``nonfire_prop``: fraction of (sample, neuron) pairs with no spike in T
-        steps; ``per_neuron``: numpy array [*neuron shape], spikes per time step per sample.
+        samples; ``nonfire_prop``: fraction of the layer's neurons that never fire on any
+        sample of the pass (spike count summed over all samples and steps is 0), as the
+        release defines it (``docs/method.md``, "Logging"); ``per_neuron``: numpy array
+        [*neuron shape], spikes per time step per sample.
         """
         out = {}
         for name, spikes in self.spikes.items():
             per_neuron = (spikes / (self.samples * self.T)).cpu().numpy()
             out[name] = {'avg_firing_rate': float(per_neuron.mean()),
-                         'nonfire_prop': float(self.silent[name]) / (self.samples * spikes.numel()),
+                         'nonfire_prop': float((per_neuron == 0).mean()),
                          'per_neuron': per_neuron}
         return out
 

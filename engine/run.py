@@ -1,25 +1,23 @@
-"""One named run: build it, train it epoch by epoch (resuming), test it."""
+"""One named run: build it, resume it, train it epoch by epoch, test it."""
 from __future__ import annotations
 
 import argparse
 import time
 
 import torch
-import torch.nn.functional as F
-from spikingjelly.activation_based import functional
 from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
 from engine import checkpoint as ckpt_io
-from engine.cli import Experiment, run_name
-from engine.data import make_loader, subset
+from engine.cli import Experiment, UsageError, run_name
+from engine.data import ReleasedPipeline
 from engine.logs import epoch_line, log_epoch, print_test_report
+from engine.loop import train_epoch
 from engine.metrics import evaluate, linked
 from engine.optimizers import make_optimizers, synapses
 
 
 class Run:
-    """One named run: its model, optimizers, loaders, folders, checkpoints and counters."""
+    """One named run: its model, optimizers, data pipeline, folders and counters."""
 
     def __init__(self, exp: Experiment, args: argparse.Namespace, datasets):
         self.exp, self.args, self.device = exp, args, args.device
@@ -32,26 +30,41 @@ class Run:
         ckpt_io.seed_everything(args.seed)
         self.model = exp.build_model(args).to(self.device)
         self.optimizers = make_optimizers(args, self.model)
-        train_set, test_set = datasets
-        self.train_loader = make_loader(subset(train_set, args.train_size), args, True)
-        self.test_loader = make_loader(subset(test_set, args.test_size), args, False)
+        self.data = ReleasedPipeline(datasets, args)
         self.epoch, self.step, self.best_acc = 0, 0, 0.0
 
     def state(self) -> dict:
-        """The checkpoint: state dicts of model and optimizers, epoch just finished, step,
-        best test accuracy, every random generator state and the run name."""
+        """The checkpoint: state dicts of model, optimizers and data pipeline, its settings,
+        epoch just finished, step, best test accuracy, every random generator state, run name."""
         return {'model': self.model.state_dict(),
                 'optimizers': {k: o.state_dict() for k, o in self.optimizers.items()},
+                'data': {**self.data.settings, 'state': self.data.state_dict()},
                 'epoch': self.epoch, 'step': self.step, 'best_acc': self.best_acc,
                 'rng': ckpt_io.rng_states(), 'run': self.name}
 
-    def restore(self, ckpt: dict) -> None:
-        """Continue from a checkpoint of :meth:`state`: the next epoch is the one after it."""
+    def resume(self) -> bool:
+        """Continue from the run's checkpoint, if any: the next epoch is the one after it.
+
+        Raises:
+            UsageError: the checkpoint was made with other data settings (e.g. --workers).
+        """
+        if not self.checkpoint.exists():
+            return False
+        ckpt = ckpt_io.load_checkpoint(self.checkpoint)
+        data = dict(ckpt.get('data', self.data.settings))
+        data_state = data.pop('state', {})
+        for key, value in data.items():
+            if self.data.settings.get(key) != value:
+                flag = '--' + key.replace('_', '-')
+                raise UsageError(f'{flag} {self.data.settings.get(key)}: run {self.name} was trained '
+                                 f'with {flag} {value}; resume it with {flag} {value}')
         self.model.load_state_dict(ckpt['model'])
         for k, o in self.optimizers.items():
             o.load_state_dict(ckpt['optimizers'][k])
+        self.data.load_state_dict(data_state)
         self.epoch, self.step, self.best_acc = ckpt['epoch'] + 1, ckpt['step'], ckpt['best_acc']
         ckpt_io.set_rng_states(ckpt['rng'])
+        return True
 
     def save(self) -> None:
         """Checkpoint the epoch just finished atomically; a numbered copy every -i1 epochs."""
@@ -60,53 +73,35 @@ class Run:
         if self.epoch % self.args.i1 == 0:
             ckpt_io.atomic_copy(self.checkpoint, self.model_dir / f'checkpoint-{self.epoch}.pt')
 
-    def train_epoch(self, writer) -> float:
-        """Train one epoch (MSE of output firing rate vs one-hot label); returns its seconds."""
-        model, args = self.model, self.args
-        model.train()
-        t0 = time.perf_counter()
-        bar = tqdm(self.train_loader, desc=f'epoch {self.epoch}/{args.N}', leave=False, disable=None)
-        for img, label in bar:
-            img, label = img.to(self.device, non_blocking=True), label.to(self.device, non_blocking=True)
-            rate = model(img)
-            loss = F.mse_loss(rate, F.one_hot(label, self.exp.num_classes).to(rate.dtype))
-            for opt in self.optimizers.values():
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for opt in self.optimizers.values():
-                opt.step()
-            functional.reset_net(model)
-            self.step += 1
-            if self.step % args.i2 == 0:
-                acc = (rate.argmax(1) == label).float().mean().item()
-                writer.add_scalar('train/acc', acc, self.step)
-                writer.add_scalar('train/loss', loss.item(), self.step)
-                bar.set_postfix(loss=f'{loss.item():.4f}', acc=f'{acc:.3f}')
-        if self.device.type == 'cuda':
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter() - t0
-
     def train(self) -> None:
-        """Resume from the run's checkpoint if there is one, then train epochs up to -N,
-        testing, logging and checkpointing after each."""
+        """Train epochs up to -N after :meth:`resume`, testing, logging and checkpointing
+        after each."""
         args = self.args
-        if self.checkpoint.exists():
-            self.restore(ckpt_io.load_checkpoint(self.checkpoint))
-            if self.epoch > args.N:
-                print(f'{self.name}: epochs 0..{self.epoch - 1} are done; raise -N to train longer')
-                return
+        if self.epoch > args.N:
+            print(f'{self.name}: epochs 0..{self.epoch - 1} are done; raise -N to train longer')
+            return
+        if self.epoch:
             print(f'resuming {self.name} at epoch {self.epoch}')
         self.log_dir.mkdir(parents=True, exist_ok=True)
         metrics = self.log_dir / 'metrics.jsonl'
-        ckpt_io.truncate_metrics(metrics, self.epoch)
-        writer = SummaryWriter(str(self.log_dir), purge_step=self.step if self.step else None)
+        kept = ckpt_io.truncate_metrics(metrics, self.epoch)
+        writer = _writer_from(self.log_dir, self.epoch, kept)
         before = {n: linked(p) for n, p in synapses(self.model).items()}
         print(f'run {self.name} on {self.device}: logs {self.log_dir}, checkpoints {self.model_dir}')
         try:
             for self.epoch in range(self.epoch, args.N + 1):
-                train_s = self.train_epoch(writer)
+                train_log = []
+
+                def log_train(step, acc, loss):
+                    writer.add_scalar('train/acc', acc, step)
+                    writer.add_scalar('train/loss', loss, step)
+                    train_log.append([step, acc, loss])
+
+                self.step, train_s = train_epoch(
+                    self.model, self.optimizers, self.data.train_batches(self.epoch),
+                    self.exp.num_classes, self.step, args.i2, log_train, f'epoch {self.epoch}/{args.N}')
                 t0 = time.perf_counter()
-                acc, rates = evaluate(self.model, self.test_loader, self.device)
+                acc, rates = evaluate(self.model, self.data.test_batches(), self.device)
                 test_s = time.perf_counter() - t0
                 self.best_acc = max(self.best_acc, acc)
                 record = log_epoch(writer, self.model, self.optimizers['synapse'], self.epoch,
@@ -114,7 +109,7 @@ class Run:
                                    train_s, test_s)
                 # The metrics line before the checkpoint: a crash in between redoes the
                 # epoch, and truncate_metrics drops the line on resume.
-                ckpt_io.append_metrics(metrics, record)
+                ckpt_io.append_metrics(metrics, {**record, 'train': train_log})
                 self.save()
                 print(epoch_line(record, self.best_acc), flush=True)
         finally:
@@ -124,5 +119,24 @@ class Run:
         """Evaluate the latest checkpoint, print the figures, save firing rates as .npy."""
         ckpt = ckpt_io.load_checkpoint(self.checkpoint)
         self.model.load_state_dict(ckpt['model'])
-        acc, rates = evaluate(self.model, self.test_loader, self.device)
+        acc, rates = evaluate(self.model, self.data.test_batches(), self.device)
         print_test_report(self.name, ckpt['epoch'], self.model, acc, rates, self.model_dir)
+
+
+def _writer_from(log_dir, epoch: int, kept: list[dict]) -> SummaryWriter:
+    """A TensorBoard writer that continues the run's log at ``epoch``.
+
+    TensorBoard purges every tag of a folder from one step on, while the per-epoch tags count
+    epochs and ``train/*`` counts steps. So the log is purged from step ``epoch`` (every
+    per-epoch point of an epoch that is trained again goes), and the ``train/*`` points of
+    finished epochs at steps >= ``epoch``, which the purge also removes, are written again
+    from ``metrics.jsonl``. Afterwards every per-epoch tag has one point per finished epoch
+    and no ``train/*`` point of a finished epoch is lost.
+    """
+    writer = SummaryWriter(str(log_dir), purge_step=epoch)
+    for record in kept:
+        for step, acc, loss in record.get('train', []):
+            if step >= epoch:
+                writer.add_scalar('train/acc', acc, step)
+                writer.add_scalar('train/loss', loss, step)
+    return writer

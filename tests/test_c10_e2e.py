@@ -41,7 +41,7 @@ def trained(tmp_path_factory):
 
 def test_defaults_are_the_released_ones():
     args = engine.build_parser(c10.EXPERIMENT).parse_args([])
-    assert (args.b, args.lr, args.N, args.i1, args.T, args.penalty, args.m) == (16, 1e-4, 2047, 128, 8, 1e-3, 'no_prune')
+    assert (args.b, args.lr, args.N, args.i1, args.T, args.penalty, args.m) == (16, 1e-4, 2048, 128, 8, 1e-3, 'no_prune')
 
 
 def test_logs_both_sparsities_and_weights_only(trained):

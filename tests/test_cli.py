@@ -30,6 +30,7 @@ def test_runs_from_inside_the_folder():
     (['-m', 'grad', '-s', '0.9', '-penalty', '-1'], ['-penalty', '>= 0', '-1']),
     (['-m', 'no_prune', '-lr', '-0.1'], ['-lr', '> 0', '-0.1']),
     (['-m', 'grad', '-s', '0.95', '-T', '0'], ['-T', '>= 1', '0']),
+    (['-m', 'grad', '-s', '0.95', '--train-size', '100'], ['--train-size 100', 'smaller than one batch', '-b 128']),
     (['-m', 'grad', '-soft', '-s', '0.95'], ['-soft', '-m deep']),
     (['-m', 'grad', '-s', '0.95', '-test'], ['-test', 'no checkpoint', 'lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-grad']),
     (['-m', 'prune'], ['-m', 'invalid choice']),

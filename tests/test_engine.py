@@ -62,8 +62,10 @@ def test_firing_rates_by_hand():
     # per neuron: (8 + 8) / 16, 0 / 16, (4 + 0) / 16
     assert rates[layer]['per_neuron'].tolist() == [1.0, 0.0, 0.25]
     assert rates[layer]['avg_firing_rate'] == pytest.approx(1.25 / 3)
-    # silent (sample, neuron) pairs: (0, 1), (1, 1), (1, 2) -> 3 of 6
-    assert rates[layer]['nonfire_prop'] == 0.5
+    # Neurons that never fire on any test sample: neuron 1 only. Neuron 2 is silent on
+    # sample 1 but fires on sample 0, so it counts as firing (the fraction of silent
+    # (sample, neuron) pairs would be 3 / 6 instead).
+    assert rates[layer]['nonfire_prop'] == 1 / 3
 
 
 def test_atomic_save_keeps_the_good_checkpoint(tmp_path, monkeypatch):
@@ -99,11 +101,13 @@ def test_sparsity_report_counts_below_1e_10():
     model = nn.Sequential(nn.Linear(4, 2, bias=False), nn.BatchNorm1d(2))
     with torch.no_grad():
         model[0].weight.copy_(torch.tensor([[0.0, 1e-11, -1e-10, 0.5], [1.0, -2.0, 3.0, 4.0]]))
+        model[1].weight[0] = 0.0
     report = engine.sparsity_report(model)
     assert report['layers'] == {'0.weight': 2 / 8}        # 0 and 1e-11; |-1e-10| is linked
     assert report['overall'] == 2 / 8
-    # "with bn" counts the BN parameters too: weights 1, 1 and biases 0, 0 (|b| < 1e-10).
-    assert report['with_bn'] == (2 + 2) / 12
+    # "with bn": pruned synapses over all parameters; BN only in the denominator: its zero
+    # weight and biases 0, 0 are not pruned synapses.
+    assert report['with_bn'] == 2 / 12
 
 
 def _epoch_order(loader):

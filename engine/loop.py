@@ -1,0 +1,47 @@
+"""The training step loop of one epoch (``docs/method.md``, "Loss and prediction")."""
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from spikingjelly.activation_based import functional
+from tqdm import tqdm
+
+
+def train_epoch(model: nn.Module, optimizers: dict, batches: Iterable, num_classes: int,
+                step: int, i2: int, log_train: Callable[[int, float, float], None],
+                desc: str = 'train') -> tuple[int, float]:
+    """Train ``model`` on one epoch of ``batches`` and return ``(step, seconds)``.
+
+    Each batch ``(images [N, C, H, W], labels [N])``, already on the model's device, is one
+    step: MSE between the output firing rate [N, num_classes] and the one-hot label, a
+    backward pass, every optimizer's step, and a reset of the membrane potentials.
+    ``step`` is the global step counter before the epoch; when it is a multiple of ``i2``,
+    before it is incremented (steps 0, i2, 2*i2, ...), ``log_train(step, acc, loss)``
+    receives the batch's training accuracy (fraction) and loss. These are the only points
+    where the step waits for the device.
+    """
+    model.train()
+    t0 = time.perf_counter()
+    bar = tqdm(batches, desc=desc, leave=False, disable=None)
+    for img, label in bar:
+        rate = model(img)
+        loss = F.mse_loss(rate, F.one_hot(label, num_classes).to(rate.dtype))
+        for opt in optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in optimizers.values():
+            opt.step()
+        functional.reset_net(model)
+        if step % i2 == 0:
+            acc, loss_value = (rate.argmax(1) == label).float().mean().item(), loss.item()
+            log_train(step, acc, loss_value)
+            bar.set_postfix(loss=f'{loss_value:.4f}', acc=f'{acc:.3f}')
+        step += 1
+    device = next(model.parameters()).device
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    return step, time.perf_counter() - t0

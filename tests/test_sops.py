@@ -8,6 +8,7 @@ from spikingjelly.activation_based import functional, layer
 
 from engine.sops import SynapticOpsMonitor
 from helpers import REPO, read_metrics, run_script
+from c10.model import CIFAR10SNN
 from mnist.model import MNISTSNN
 
 
@@ -97,6 +98,30 @@ def test_mnist_network_matches_brute_force():
     assert r['dense_total'] == pytest.approx(float(spikes.sum()) * 10 / 5)
     kept_first = int((model.static_fc[1].weight.abs() >= 1e-10).sum())
     assert r['first_layer_macs'] == kept_first
+
+
+def test_cifar10_network_matches_brute_force():
+    torch.manual_seed(0)
+    model = CIFAR10SNN(T=4).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() > 1:
+                p.mul_(20.)                                # so that every layer spikes
+        model.conv[4].weight.mul_(torch.rand_like(model.conv[4].weight) > 0.5)
+    seen = []
+    handle = model.conv[3].register_forward_hook(lambda m, i, out: seen.append(out.clone()))
+    with torch.inference_mode():
+        r = _count(model, torch.randn(2, 3, 32, 32))
+    handle.remove()
+    spikes = seen[0].flatten(0, 1).double()                # [T*N, 256, 32, 32] into conv.4
+    assert spikes.sum() > 0
+    mask = (model.conv[4].weight.abs() >= 1e-10).double()
+    expected = F.conv2d(spikes, mask, None, 1, 1).sum() / 2
+    assert r['per_layer']['conv.4.weight'] == pytest.approx(float(expected), rel=1e-12)
+    assert set(r['per_layer']) == {'conv.1.weight', 'conv.4.weight', 'conv.8.weight', 'conv.11.weight',
+                                   'conv.14.weight', 'fc.2.weight', 'fc.4.weight'}
+    assert all(v > 0 for v in r['per_layer'].values())
+    assert r['first_layer_macs'] == 256 * 3 * 9 * 32 * 32  # nothing pruned in static_conv.0
 
 
 def test_conv_matches_brute_force_with_groups_and_stride():

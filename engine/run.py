@@ -14,6 +14,8 @@ from engine.logs import epoch_line, log_epoch, print_test_report
 from engine.loop import train_epoch
 from engine.metrics import evaluate, linked
 from engine.optimizers import make_optimizers, synapses
+from engine.runinfo import write_run_info
+from engine.sops import SynapticOpsMonitor, sops_lines
 
 
 class Run:
@@ -83,6 +85,7 @@ class Run:
         if self.epoch:
             print(f'resuming {self.name} at epoch {self.epoch}')
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        write_run_info(self.log_dir, self.exp.prog, args, self.name, self.model)
         metrics = self.log_dir / 'metrics.jsonl'
         kept = ckpt_io.truncate_metrics(metrics, self.epoch)
         writer = _writer_from(self.log_dir, self.epoch, kept)
@@ -101,12 +104,15 @@ class Run:
                     self.model, self.optimizers, self.data.train_batches(self.epoch),
                     self.exp.num_classes, self.step, args.i2, log_train, f'epoch {self.epoch}/{args.N}')
                 t0 = time.perf_counter()
+                sops = SynapticOpsMonitor(self.model).start() if self.epoch % args.i1 == 0 else None
                 acc, rates = evaluate(self.model, self.data.test_batches(), self.device)
                 test_s = time.perf_counter() - t0
                 self.best_acc = max(self.best_acc, acc)
                 record = log_epoch(writer, self.model, self.optimizers['synapse'], self.epoch,
                                    self.step, self.epoch % args.i1 == 0, acc, rates, before,
                                    train_s, test_s)
+                if sops is not None:
+                    record['sops'] = sops.stop()
                 # The metrics line before the checkpoint: a crash in between redoes the
                 # epoch, and truncate_metrics drops the line on resume.
                 ckpt_io.append_metrics(metrics, {**record, 'train': train_log})
@@ -119,8 +125,10 @@ class Run:
         """Evaluate the latest checkpoint, print the figures, save firing rates as .npy."""
         ckpt = ckpt_io.load_checkpoint(self.checkpoint)
         self.model.load_state_dict(ckpt['model'])
+        sops = SynapticOpsMonitor(self.model).start()
         acc, rates = evaluate(self.model, self.data.test_batches(), self.device)
         print_test_report(self.name, ckpt['epoch'], self.model, acc, rates, self.model_dir)
+        print('\n'.join(sops_lines(sops.stop())))
 
 
 def _writer_from(log_dir, epoch: int, kept: list[dict]) -> SummaryWriter:

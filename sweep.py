@@ -1,0 +1,199 @@
+"""Run the paper's comparison grid: every method at every penalty, then the report.
+
+Usage::
+
+    python sweep.py {mnist,c10} --methods grad,deep,soft,no_prune --penalties 1e-4,5e-4,1e-3 \\
+        -s 0.95 [flags passed on to mnist/mnist.py or c10/c10.py]
+
+The grid: for each method (``grad``, ``deep``, ``soft`` = ``-m deep -soft``, ``no_prune``),
+for each penalty and each ``-s`` value (comma lists); ``no_prune`` ignores both and is one
+configuration. Configurations run one after the other as ``python <script> ...``; each run
+resumes by itself (the engine resumes a run of the same name, and says ``are done`` for a
+finished one), so starting the same sweep again continues where it stopped. At the end of a
+full local sweep ``report.py`` runs on the dump folder (``--dump-dir``, passed on; default
+``runs/``).
+
+- ``--gpus 0,1``: one configuration per GPU at a time (``--device cuda:<id>``), a worker
+  per GPU taking configurations from a shared queue.
+- ``--print``: print the commands, one per line, shell-quoted (for a cluster scheduler).
+- ``--task-index I``: run the I-th configuration only (0-based, for a job array).
+
+Neither ``--print`` nor ``--task-index`` runs the report. Bad input ends with one line and
+exit status 2; a failed configuration is named at the end, and the exit status is 1.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import queue
+import shlex
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent
+PROG = 'sweep.py'
+SCRIPTS = {'mnist': REPO / 'mnist' / 'mnist.py', 'c10': REPO / 'c10' / 'c10.py'}
+METHOD_FLAGS = {'grad': ['-m', 'grad'], 'deep': ['-m', 'deep'], 'soft': ['-m', 'deep', '-soft'],
+                'no_prune': ['-m', 'no_prune']}
+SET_BY_SWEEP = {'-m': '--methods', '-soft': '--methods soft', '-penalty': '--penalties'}
+"""Flags of the scripts that the grid sets, and the sweep option to use instead."""
+
+
+class SweepError(Exception):
+    """Bad sweep input: one line on stderr, exit status 2."""
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        raise SweepError(message)
+
+
+def _items(option: str, text: str) -> list[str]:
+    items = [t.strip() for t in text.split(',')]
+    if not all(items):
+        raise SweepError(f'{option}: empty item in {text!r}')
+    return list(dict.fromkeys(items))                    # in order, each once
+
+
+def _numbers(option: str, text: str, low: float, high: float) -> list[str]:
+    """Comma-separated numbers in [low, high], kept as written (the scripts parse them)."""
+    items = _items(option, text)
+    for item in items:
+        try:
+            value = float(item)
+        except ValueError:
+            raise SweepError(f'{option}: {item!r} is not a number') from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise SweepError(f'{option}: {item} is outside [{low:g}, {high:g}]')
+    return items
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The sweep's options and the flags passed on to the script.
+
+    Raises:
+        SweepError: unknown method, a value that is not a number, a flag the grid sets,
+            conflicting options.
+    """
+    p = _OneLineParser(prog=PROG, allow_abbrev=False, description=__doc__.split('\n\n')[0])
+    p.add_argument('dataset', choices=sorted(SCRIPTS), help='mnist or c10')
+    p.add_argument('--methods', default='grad,deep,soft,no_prune',
+                   help=f'comma list of {", ".join(METHOD_FLAGS)}')
+    p.add_argument('--penalties', default='1e-3', help='comma list of -penalty values (>= 0)')
+    p.add_argument('-s', default=None, help='comma list of target sparsities (-s of the scripts)')
+    p.add_argument('--gpus', default=None, help='comma list of CUDA device indices: one worker each')
+    p.add_argument('--print', action='store_true', help='print the commands instead of running them')
+    p.add_argument('--task-index', type=int, default=None, metavar='I',
+                   help='run only the I-th configuration (0-based)')
+    p.add_argument('--dump-dir', default=None, help='passed on; the report reads it (default runs/)')
+    # '-soft' would parse as '-s oft': catch the scripts' grid flags before argparse does.
+    for token in argv:
+        flag = token.split('=')[0]
+        if flag in SET_BY_SWEEP:
+            raise SweepError(f'{flag} is set by the sweep; use {SET_BY_SWEEP[flag]}')
+    args, passed_on = p.parse_known_args(argv)
+    args.methods = _items('--methods', args.methods)
+    unknown = [m for m in args.methods if m not in METHOD_FLAGS]
+    if unknown:
+        raise SweepError(f'--methods: unknown method {unknown[0]!r}; choose from {", ".join(METHOD_FLAGS)}')
+    args.penalties = _numbers('--penalties', args.penalties, 0, math.inf)
+    args.s = None if args.s is None else _numbers('-s', args.s, 0, 1)
+    if args.s is None and any(m != 'no_prune' for m in args.methods):
+        raise SweepError('-s (target sparsity) is required with grad, deep and soft')
+    if args.gpus is not None:
+        try:
+            args.gpus = [int(g) for g in _items('--gpus', args.gpus)]
+        except ValueError:
+            raise SweepError(f'--gpus: not a comma list of device indices: {args.gpus!r}') from None
+        if min(args.gpus) < 0:
+            raise SweepError('--gpus: device indices are >= 0')
+        if args.print or args.task_index is not None:
+            raise SweepError('--gpus runs the sweep here; it does not go with --print or --task-index')
+        clash = [t for t in passed_on if t.split('=')[0] in ('-gpu', '--device')]
+        if clash:
+            raise SweepError(f'{clash[0]} conflicts with --gpus, which sets --device per worker')
+    return args, passed_on
+
+
+def configurations(args: argparse.Namespace, passed_on: list[str]) -> list[tuple[str, list[str]]]:
+    """``[(label, command)]`` of the grid in order: methods, then penalties, then ``-s``."""
+    script = [sys.executable, str(SCRIPTS[args.dataset])]
+    tail = (['--dump-dir', args.dump_dir] if args.dump_dir is not None else []) + passed_on
+    configs = []
+    for method in args.methods:
+        if method == 'no_prune':
+            configs.append(('no_prune', script + METHOD_FLAGS[method] + tail))
+            continue
+        for penalty in args.penalties:
+            for s in args.s:
+                configs.append((f'{method} penalty {penalty} s {s}',
+                                script + METHOD_FLAGS[method] + ['-penalty', penalty, '-s', s] + tail))
+    return configs
+
+
+def run_all(configs: list[tuple[str, list[str]]], gpus: list[int] | None) -> list[str]:
+    """Run the configurations, one after the other or one per GPU at a time; returns one
+    line per failed configuration."""
+    jobs = queue.Queue()
+    for i, config in enumerate(configs):
+        jobs.put((i, config))
+    failed, lock = [], threading.Lock()
+
+    def worker(device):
+        while True:
+            try:
+                i, (label, cmd) = jobs.get_nowait()
+            except queue.Empty:
+                return
+            if device is not None:
+                cmd = cmd + ['--device', device]
+            print(f'{PROG}: [{i + 1}/{len(configs)}] {shlex.join(cmd)}', flush=True)
+            code = subprocess.run(cmd, cwd=REPO).returncode
+            if code != 0:
+                with lock:
+                    failed.append(f'configuration {i} ({label}) failed with exit status {code}')
+
+    if gpus is None:
+        worker(None)
+    else:
+        threads = [threading.Thread(target=worker, args=(f'cuda:{g}',)) for g in gpus]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    return sorted(failed, key=lambda line: int(line.split()[1]))
+
+
+def main(argv=None) -> int:
+    """The command line; returns the exit status (0; 1 when a configuration failed or the
+    report found nothing; 2 on bad input, with one line on stderr)."""
+    try:
+        args, passed_on = parse(sys.argv[1:] if argv is None else list(argv))
+        configs = configurations(args, passed_on)
+        if args.task_index is not None and not 0 <= args.task_index < len(configs):
+            raise SweepError(f'--task-index {args.task_index}: the grid has {len(configs)} '
+                             f'configurations (0..{len(configs) - 1})')
+    except SweepError as err:
+        print(f'{PROG}: error: {err}', file=sys.stderr)
+        return 2
+    if args.task_index is not None:
+        configs = [configs[args.task_index]]
+    if args.print:
+        for _, cmd in configs:
+            print(shlex.join(cmd))
+        return 0
+    failed = run_all(configs, args.gpus)
+    status = 0
+    if args.task_index is None:
+        import report
+        dump = Path(args.dump_dir) if args.dump_dir is not None else REPO / 'runs'
+        status = 1 if report.main([str(dump)]) else 0
+    for line in failed:
+        print(f'{PROG}: {line}', file=sys.stderr)
+    return 1 if failed else status
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""sweep.py: the grid it lists, the configuration it picks, resuming, failures, bad input."""
+import shlex
+import sys
+
+import pytest
+
+import sweep
+from helpers import REPO, read_metrics, run_script
+
+SWEEP = REPO / 'sweep.py'
+MNIST = [sys.executable, str(REPO / 'mnist' / 'mnist.py')]
+TINY = ['--train-size', '512', '--test-size', '256', '-N', '0', '-i1', '1', '--workers', '0',
+        '--device', 'cpu']
+
+
+def _commands(stdout):
+    return [shlex.split(line) for line in stdout.splitlines()]
+
+
+def test_print_lists_the_grid_in_order():
+    done = run_script(SWEEP, 'mnist', '--methods', 'grad,soft,no_prune', '--penalties', '1e-4,5e-4',
+                      '-s', '0.95', '-N', '3', '--dump-dir', 'out dir', '--print')
+    assert done.returncode == 0, done.stderr
+    tail = ['--dump-dir', 'out dir', '-N', '3']
+    assert _commands(done.stdout) == [
+        MNIST + ['-m', 'grad', '-penalty', '1e-4', '-s', '0.95'] + tail,
+        MNIST + ['-m', 'grad', '-penalty', '5e-4', '-s', '0.95'] + tail,
+        MNIST + ['-m', 'deep', '-soft', '-penalty', '1e-4', '-s', '0.95'] + tail,
+        MNIST + ['-m', 'deep', '-soft', '-penalty', '5e-4', '-s', '0.95'] + tail,
+        MNIST + ['-m', 'no_prune'] + tail]
+
+
+@pytest.mark.parametrize('index, expected', [
+    (0, ['-m', 'deep', '-penalty', '1e-3', '-s', '0.9']),
+    (1, ['-m', 'deep', '-penalty', '1e-3', '-s', '0.95']),
+    (2, ['-m', 'no_prune'])])
+def test_task_index_picks_one_configuration(index, expected):
+    done = run_script(SWEEP, 'c10', '--methods', 'deep,no_prune', '-s', '0.9,0.95', '-lr', '1e-4',
+                      '--task-index', index, '--print')
+    assert done.returncode == 0, done.stderr
+    assert _commands(done.stdout) == [[sys.executable, str(REPO / 'c10' / 'c10.py'), *expected, '-lr', '1e-4']]
+
+
+def test_gpu_workers_share_the_queue(capfd):
+    configs = [(f'c{i}', [sys.executable, '-c', 'import sys; sys.exit(sys.argv[-1] == "cuda:9" and 3)'])
+               for i in range(5)]
+    failed = sweep.run_all(configs, [7, 9])
+    out = capfd.readouterr().out.splitlines()
+    assert len(out) == 5 and {line.split()[-1] for line in out} == {'cuda:7', 'cuda:9'}
+    assert failed == sorted(failed) and len(failed) == sum(line.endswith('cuda:9') for line in out)
+    assert all('failed with exit status 3' in line for line in failed)
+
+
+def test_stopped_sweep_resumes_and_reports(tmp_path):
+    grid = ['mnist', '--methods', 'no_prune,grad', '-s', '0.95', '--dump-dir', tmp_path, *TINY]
+    first = run_script(SWEEP, *grid, '--task-index', '0')          # the sweep stopped here
+    assert first.returncode == 0, first.stderr
+    assert not (tmp_path / 'report').exists()                      # no report for one task
+    plain = tmp_path / 'logs' / 'lr-1e-3-b-128-T-8-no_prune-train-512-test-256'
+    before = (plain / 'metrics.jsonl').read_text()
+    done = run_script(SWEEP, *grid)
+    assert done.returncode == 0, done.stderr
+    assert 'no_prune-train-512-test-256: epochs 0..0 are done' in done.stdout
+    assert (plain / 'metrics.jsonl').read_text() == before         # not retrained
+    grad = tmp_path / 'logs' / 'lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-grad-train-512-test-256'
+    assert [r['epoch'] for r in read_metrics(grad)] == [0]
+    assert len((tmp_path / 'report' / 'results.csv').read_text().splitlines()) == 3
+
+
+def test_failed_configuration_is_named(tmp_path):
+    done = run_script(SWEEP, 'mnist', '--methods', 'no_prune,grad', '-s', '0.3', '--dump-dir', tmp_path,
+                      *TINY, '-N', '-1')
+    assert done.returncode == 1
+    failures = [line for line in done.stderr.splitlines() if line.startswith('sweep.py: configuration')]
+    assert failures == ['sweep.py: configuration 0 (no_prune) failed with exit status 2',
+                        'sweep.py: configuration 1 (grad penalty 1e-3 s 0.3) failed with exit status 2']
+
+
+@pytest.mark.parametrize('args, message', [
+    (['mnist', '--methods', 'grad,hard', '-s', '0.9'], "unknown method 'hard'"),
+    (['mnist', '--penalties', '1e-3,x', '-s', '0.9'], "'x' is not a number"),
+    (['mnist', '--penalties', '1e-3,-2e-3', '-s', '0.9'], '-2e-3 is outside'),
+    (['mnist', '-s', 'high'], "'high' is not a number"),
+    (['mnist', '--methods', 'grad'], '-s (target sparsity) is required'),
+    (['svhn', '-s', '0.9'], "invalid choice: 'svhn'"),
+    (['mnist', '-s', '0.9', '--task-index', '4'], 'the grid has 4 configurations'),
+    (['mnist', '-s', '0.9', '--task-index', '-1', '--print'], 'the grid has 4'),
+    (['mnist', '-s', '0.9', '-soft'], '-soft is set by the sweep'),
+    (['mnist', '-s', '0.9', '-penalty', '1e-3'], '-penalty is set by the sweep'),
+    (['mnist', '-s', '0.9', '--gpus', '0,x'], '--gpus: not a comma list'),
+    (['mnist', '-s', '0.9', '--gpus', '0', '--device', 'cpu'], '--device conflicts with --gpus'),
+    (['mnist', '-s', '0.9', '--gpus', '0', '--print'], 'does not go with --print'),
+])
+def test_bad_input_one_line_exit_2(args, message):
+    done = run_script(SWEEP, *args)
+    assert done.returncode == 2 and done.stdout == ''
+    assert len(done.stderr.splitlines()) == 1 and message in done.stderr

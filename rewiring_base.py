@@ -6,7 +6,9 @@ Adam direction moves the synapses; that common part lives here once:
 
 - `check_arg`: the one-line `ValueError` used for every bad hyper-parameter,
 - `RewiringMixin`: rewiring hyper-parameters as validated param-group defaults,
-- `adam_step`: one Adam moment update for one tensor, returning `(step, step * adam)`.
+- `adam_moments` / `adam_term`: one Adam moment update for one tensor, and `step * adam`;
+- `RewiringMixin.kernel`: an update function, compiled with `torch.compile` when the
+  optimizer was made with `compiled=True` (one fused kernel instead of a dozen passes).
 """
 import torch
 
@@ -64,6 +66,26 @@ class RewiringMixin:
     """
 
     _rewiring_defaults = {}
+    compiled = False
+    _kernels = None
+
+    def kernel(self, fn):
+        """`fn` itself, or `torch.compile(fn)` when the optimizer is compiled (cached)."""
+        if not self.compiled:
+            return fn
+        if self._kernels is None:
+            self._kernels = {}
+        if fn not in self._kernels:
+            self._kernels[fn] = torch.compile(fn)
+        return self._kernels[fn]
+
+    def scalar(self, value, like):
+        """A per-step number for a kernel: a 0-dim tensor of `like`'s dtype and device when
+        compiled (a Python float would make torch.compile specialise on every new value),
+        else the float itself (eager ops cast it to `like`'s dtype alike)."""
+        if not self.compiled:
+            return value
+        return torch.tensor(value, dtype=like.dtype, device=like.device)
 
     def _init_rewiring(self, params, lr, betas, eps, weight_decay, amsgrad, **rewiring):
         adam = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
@@ -112,7 +134,7 @@ class RewiringMixin:
         return loss
 
 
-def adam_step(p, state, group):
+def adam_moments(p, state, group):
     """One Adam moment update of `p` (docs/method.md, "Notation"); returns `(step, adam_term)`.
 
     Args:
@@ -125,11 +147,13 @@ def adam_step(p, state, group):
 
     Returns:
         step: float, `lr / (1 - b1**t)` (units of lr).
-        adam_term: tensor shaped like `p`, `step * adam` with `adam = m / den` and
-            `den = sqrt(v) / sqrt(1 - b2**t) + eps`, where `g = grad + weight_decay * w`.
-            It is evaluated as `(m * step) / den`, the float operations of torch.optim.Adam's
-            single-tensor path, so with no synapse pruned the rewiring optimizers give
-            bit-identical weights to torch.optim.Adam on CPU.
+        bc2_sqrt: float, `sqrt(1 - b2**t)`.
+        v_sqrt: tensor shaped like `p`, `sqrt(v)` (of `vmax` with amsgrad), where the moments
+            follow `g = grad + weight_decay * w`. :func:`adam_term` turns these into
+            `step * adam`, evaluated as `(m * step) / den`, the float operations of
+            torch.optim.Adam's single-tensor path, so with no synapse pruned the rewiring
+            optimizers give bit-identical weights to torch.optim.Adam on CPU. (The square
+            root is taken here, eagerly: a compiled one rounds differently.)
 
     Raises:
         RuntimeError: the gradient is sparse or the parameter complex.
@@ -154,5 +178,17 @@ def adam_step(p, state, group):
         torch.maximum(vmax, v, out=vmax)
         v = vmax
     step = float(group["lr"]) / (1 - beta1 ** t)
-    den = (v.sqrt() / (1 - beta2 ** t) ** 0.5).add_(group["eps"])
-    return step, m.mul(step).div_(den)
+    return step, (1 - beta2 ** t) ** 0.5, v.sqrt()
+
+
+def adam_term(m, v_sqrt, step, bc2_sqrt, eps):
+    """`step * adam = (m * step) / (sqrt(v) / bc2_sqrt + eps)`, in torch.optim.Adam's float
+    operations (docs/method.md, "Notation"); the scalars may be Python floats or 0-dim tensors."""
+    return (m * step) / (v_sqrt / bc2_sqrt + eps)
+
+
+def adam_step(p, state, group):
+    """One Adam moment update of tensor `p` (docs/method.md, "Notation"); returns
+    `(step, adam_term)` (see :func:`adam_moments` and :func:`adam_term`)."""
+    step, bc2_sqrt, v_sqrt = adam_moments(p, state, group)
+    return step, adam_term(state["exp_avg"], v_sqrt, step, bc2_sqrt, group["eps"])

@@ -32,6 +32,7 @@ from PIL import Image  # noqa: E402
 from torchvision import datasets, transforms  # noqa: E402
 
 import engine  # noqa: E402
+from engine.augment import random_crop_flip  # noqa: E402
 from c10.model import CIFAR10SNN  # noqa: E402
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -209,6 +210,8 @@ EXPERIMENT = engine.Experiment(
     defaults={'b': 16, 'lr': 1e-4, 'N': 2048, 'i1': 128, 'i2': 1024, 'eval_batch': 128},
     build_model=lambda args: CIFAR10SNN(T=args.T),
     load_datasets=load_datasets,
+    augment=random_crop_flip(padding=4),
+    mean=MEAN, std=STD,
 )
 
 

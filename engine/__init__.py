@@ -20,6 +20,8 @@ import sys
 import warnings
 from typing import Sequence
 
+import torch
+
 # SpikingJelly 0.0.0.0.14 decorates its LIF kernels with torch.jit.script, which torch 2.14
 # flags as deprecated at import time: noise for every run, nothing a user can act on.
 warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
@@ -47,6 +49,7 @@ def main(exp: Experiment, argv: Sequence[str] | None = None, datasets=None) -> i
     args = parser.parse_args(argv)
     try:
         validate(args)
+        torch.set_num_threads(args.threads)
         if args.test and not (args.dump_dir / 'models' / run_name(args) / 'checkpoint.pt').exists():
             raise UsageError(f'-test: no checkpoint of run {run_name(args)} under '
                              f'{args.dump_dir / "models"}; train it first (same flags without -test)')

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
+from engine.augment import Augmentation
 from engine.optimizers import make_synapse_optimizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +48,9 @@ class Experiment:
         load_datasets: ``args -> (train_set, test_set)`` of (image tensor, int label)
             pairs; raises :class:`UsageError` with one line when the data cannot be had.
         num_classes: number of output classes (one-hot width of the MSE target).
+        augment: the training augmentation of the device data path
+            (:class:`engine.augment.Augmentation`), the released one batched; None: none.
+        mean, std: per-channel normalisation of the images (after scaling to [0, 1]).
     """
     prog: str
     description: str
@@ -53,6 +58,9 @@ class Experiment:
     build_model: Callable[[argparse.Namespace], nn.Module]
     load_datasets: Callable[[argparse.Namespace], tuple[Dataset, Dataset]]
     num_classes: int = 10
+    augment: Augmentation | None = None
+    mean: tuple = (0.0,)
+    std: tuple = (1.0,)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -95,9 +103,26 @@ def build_parser(exp: Experiment) -> argparse.ArgumentParser:
     p.add_argument('--seed', type=int, default=DEFAULT_SEED, help='seed of every random generator')
     p.add_argument('--device', default=None,
                    help='torch device, e.g. cpu, cuda, cuda:1; None: CUDA if available, else CPU')
-    p.add_argument('--workers', type=int, default=min(4, os.cpu_count() or 1),
-                   help='data-loading worker processes; their number shapes the augmentation '
-                        'draws, so a run resumes only with the same --workers')
+    p.add_argument('--data-pipeline', choices=('device', 'released'), default='device',
+                   help='device: data decoded once into tensors on --device and augmented there '
+                        'in batches (fast); released: the released DataLoader/PIL path, with its '
+                        'shuffle order. A run resumes only with the pipeline it started with')
+    p.add_argument('--workers', type=int, default=None,
+                   help='data-loading worker processes of --data-pipeline released (None: '
+                        'min(4, CPU cores)); their number shapes the augmentation draws, so a run '
+                        'resumes only with the same --workers. The device pipeline uses none')
+    p.add_argument('--threads', type=int, default=None,
+                   help='torch CPU threads (None: the CPU cores not given to loader workers, '
+                        'at least 1)')
+    p.add_argument('--amp', action='store_true',
+                   help='bfloat16 autocast for forward and backward (CUDA, or a CPU with native '
+                        'bfloat16); weights, theta and Adam moments stay float32. Off: the '
+                        'released numerics are float32')
+    p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the network's training forward and backward and the "
+                        "optimizer's update into fused kernels (a C++ compiler on the CPU, Triton "
+                        "on CUDA); None: on when that toolchain is there. The first steps of a "
+                        "run carry the compile warm-up")
     p.add_argument('--eval-batch', type=int, default=d['eval_batch'], metavar='B',
                    help='batch size of the test pass (BatchNorm in evaluation mode: results '
                         'do not depend on it)')
@@ -177,8 +202,9 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError(f'-penalty must be a number >= 0, got {args.penalty}')
     if args.N < 0:
         raise UsageError(f'-N (last epoch) must be >= 0, got {args.N}')
-    if args.workers < 0:
-        raise UsageError(f'--workers must be >= 0, got {args.workers}')
+    choose_threads(args)
+    check_amp(args)
+    check_compile(args)
     check_writable_dir('--dump-dir', args.dump_dir)
     if args.soft and args.m != 'deep':
         raise UsageError(f'-soft applies to -m deep only, got -m {args.m}')
@@ -191,6 +217,70 @@ def validate(args: argparse.Namespace) -> None:
         except ValueError as err:
             flag = _FLAG_OF_ARGUMENT.get(str(err).split()[0], '')
             raise UsageError(f'-m {args.m} {flag}: {err}'.replace('  ', ' ')) from None
+
+
+def choose_threads(args: argparse.Namespace) -> None:
+    """Share the CPU cores between torch threads and loader workers (no oversubscription):
+    workers only for ``--data-pipeline released`` (default min(4, cores)), threads default to
+    the cores left, at least 1. Sets ``args.workers`` and ``args.threads``.
+
+    Raises:
+        UsageError: a negative --workers, or --threads below 1.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    if args.workers is None:
+        args.workers = min(4, cores) if args.data_pipeline == 'released' else 0
+    if args.workers < 0:
+        raise UsageError(f'--workers must be >= 0, got {args.workers}')
+    if args.threads is None:
+        args.threads = max(1, cores - args.workers)
+    if args.threads < 1:
+        raise UsageError(f'--threads must be >= 1, got {args.threads}')
+
+
+def check_amp(args: argparse.Namespace) -> None:
+    """``--amp`` needs bfloat16 on the run's device: ``torch.cuda.is_bf16_supported()`` on
+    CUDA, native bfloat16 instructions (AVX512-BF16 or AMX) on a CPU.
+
+    Raises:
+        UsageError: --amp on a device without bfloat16.
+    """
+    if not args.amp:
+        return
+    if args.device.type == 'cuda':
+        with torch.cuda.device(args.device):
+            ok = torch.cuda.is_bf16_supported()
+    elif args.device.type == 'cpu':
+        ok = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    else:
+        ok = False
+    if not ok:
+        raise UsageError(f'--amp: {args.device} has no native bfloat16 support '
+                         f'(CUDA with bf16, or a CPU with AVX512-BF16 or AMX); drop --amp')
+
+
+def check_compile(args: argparse.Namespace) -> None:
+    """``--compile`` needs torch.compile's toolchain: a C++ compiler for the CPU, Triton for
+    CUDA.
+
+    Sets ``args.compile`` to True or False: by default, True when the toolchain is there.
+
+    Raises:
+        UsageError: --compile given and the toolchain is missing.
+    """
+    if args.device.type == 'cuda':
+        import importlib.util
+        missing = None if importlib.util.find_spec('triton') else 'Triton is not installed'
+    elif args.device.type == 'cpu':
+        compilers = (os.environ.get('CXX', 'g++'), 'g++', 'c++', 'clang++')
+        missing = None if any(shutil.which(cc) for cc in compilers) else 'no C++ compiler (g++, c++, clang++ or $CXX) found'
+    else:
+        missing = f'no torch.compile backend is set up here for {args.device.type}'
+    if args.compile is None:
+        args.compile = missing is None
+    elif args.compile and missing:
+        raise UsageError(f'--compile: {missing}, which torch.compile needs on {args.device.type}; '
+                         f'use --no-compile')
 
 
 def check_writable_dir(flag: str, folder: Path) -> None:

@@ -1,15 +1,21 @@
 """Data pipelines: each yields the training batches of an epoch and the test batches, on
 the run's device (``docs/method.md``, "Data and augmentation").
 
-:class:`ReleasedPipeline` is the released scripts' path: torch DataLoaders over the
-experiment's datasets, whose transforms run per sample on PIL images in worker processes.
+- :class:`DevicePipeline`, the default (``--data-pipeline device``): data sets decoded once
+  into tensors on the device, augmented there in batches;
+- :class:`ReleasedPipeline` (``--data-pipeline released``), the released scripts' path:
+  torch DataLoaders over the experiment's datasets, whose transforms run per sample on PIL
+  images in worker processes.
 """
 from __future__ import annotations
 
 import argparse
 
+import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from engine.augment import epoch_draws, normalise
 from engine.cli import UsageError
 
 
@@ -86,3 +92,89 @@ class ReleasedPipeline:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+def decode(ds: Dataset, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``k`` samples of a map-style dataset as ``(images [n, C, H, W], labels [n])``.
+
+    Read once, without the dataset's transforms where its raw images can be had:
+    torchvision's MNIST and CIFAR10 (``data`` and ``targets``: uint8 images), an
+    ``ImageFolder`` (each file decoded to RGB uint8, in the dataset's sample order), also
+    inside a ``Subset``. Any other dataset is read sample by sample as it returns them (e.g.
+    float tensors that are already network inputs; they are then neither normalised nor, as
+    uint8 would be, scaled).
+    """
+    indices = range(len(ds) if k is None else min(k, len(ds)))
+    while isinstance(ds, Subset):
+        indices, ds = [ds.indices[i] for i in indices], ds.dataset
+    index = torch.as_tensor(list(indices), dtype=torch.long)
+    if hasattr(ds, 'data') and hasattr(ds, 'targets'):
+        images = torch.as_tensor(np.asarray(ds.data))[index]
+        if images.dim() == 3:                                    # MNIST [n, H, W]
+            images = images.unsqueeze(1)
+        elif images.shape[-1] in (1, 3):                         # CIFAR10 [n, H, W, C]
+            images = images.permute(0, 3, 1, 2)
+        return images.contiguous(), torch.as_tensor(ds.targets, dtype=torch.long)[index]
+    if hasattr(ds, 'samples') and hasattr(ds, 'loader'):         # ImageFolder
+        images = [torch.from_numpy(np.asarray(ds.loader(ds.samples[i][0]).convert('RGB')))
+                  for i in index.tolist()]
+        labels = [ds.samples[i][1] for i in index.tolist()]
+        return torch.stack(images).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(labels)
+    samples = [ds[i] for i in index.tolist()]
+    return (torch.stack([torch.as_tensor(x) for x, _ in samples]),
+            torch.as_tensor([int(y) for _, y in samples], dtype=torch.long))
+
+
+class DevicePipeline:
+    """The fast data path (``docs/method.md``, "Differences from the 2021 release").
+
+    Each data set is decoded once into one tensor on the run's device (uint8 for the real
+    data sets: MNIST [60000, 1, 28, 28], CIFAR-10 [50000, 3, 32, 32]). Each epoch shuffles
+    with a seeded ``torch.Generator`` whose state the checkpoint keeps, and augments each
+    training batch on the device with the experiment's :class:`engine.augment.Augmentation`,
+    whose draws depend on (seed, epoch, sample index) alone, then normalises it. The test set
+    is normalised once. Training drops the last partial batch, as released; test batches of
+    ``--eval-batch`` keep every sample.
+    """
+    name = 'device'
+
+    def __init__(self, datasets: tuple[Dataset, Dataset], args: argparse.Namespace, augment,
+                 mean: tuple, std: tuple):
+        self.device, self.b, self.seed = args.device, args.b, args.seed
+        self.augment, self.mean, self.std = augment, mean, std
+        train_x, self.train_y = decode(datasets[0], args.train_size)
+        check_enough_samples(len(train_x), args)
+        test_x, test_y = decode(datasets[1], args.test_size)
+        self.train_x, self.train_y = train_x.to(self.device), self.train_y.to(self.device)
+        self.test = [(normalise(x.to(self.device), mean, std), y.to(self.device))
+                     for x, y in zip(test_x.split(args.eval_batch), test_y.split(args.eval_batch))]
+        self.generator = torch.Generator().manual_seed(args.seed)
+        self.settings = {'data_pipeline': self.name}
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_x) // self.b
+
+    def train_batches(self, epoch: int):
+        """The training batches of ``epoch``: (normalised images [b, C, H, W], labels [b])."""
+        n = len(self.train_x)
+        order = torch.randperm(n, generator=self.generator).to(self.device)
+        u = None
+        if self.augment is not None:
+            u = epoch_draws(self.seed, epoch, n, self.augment.draws).to(self.device, torch.float32)
+        for batch in order[:self.steps_per_epoch * self.b].view(-1, self.b):
+            x = self.train_x[batch]
+            if u is not None:
+                x = self.augment.apply(x, u[batch])
+            yield normalise(x, self.mean, self.std), self.train_y[batch]
+
+    def test_batches(self):
+        """The normalised test batches, in order."""
+        return iter(self.test)
+
+    def state_dict(self) -> dict:
+        """The shuffling generator's state (a uint8 tensor)."""
+        return {'generator': self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state['generator'])

@@ -13,7 +13,8 @@ from tqdm import tqdm
 
 def train_epoch(model: nn.Module, optimizers: dict, batches: Iterable, num_classes: int,
                 step: int, i2: int, log_train: Callable[[int, float, float], None],
-                desc: str = 'train') -> tuple[int, float]:
+                desc: str = 'train', forward: Callable | None = None,
+                amp: bool = False) -> tuple[int, float]:
     """Train ``model`` on one epoch of ``batches`` and return ``(step, seconds)``.
 
     Each batch ``(images [N, C, H, W], labels [N])``, already on the model's device, is one
@@ -23,13 +24,20 @@ def train_epoch(model: nn.Module, optimizers: dict, batches: Iterable, num_class
     before it is incremented (steps 0, i2, 2*i2, ...), ``log_train(step, acc, loss)``
     receives the batch's training accuracy (fraction) and loss. These are the only points
     where the step waits for the device.
+
+    ``forward`` (default ``model``) computes the output, e.g. ``torch.compile(model)``;
+    ``amp`` runs forward and loss under bfloat16 autocast (the backward follows its dtypes;
+    parameters, gradients and optimizer state stay float32).
     """
     model.train()
+    forward = model if forward is None else forward
+    device = next(model.parameters()).device
     t0 = time.perf_counter()
     bar = tqdm(batches, desc=desc, leave=False, disable=None)
     for img, label in bar:
-        rate = model(img)
-        loss = F.mse_loss(rate, F.one_hot(label, num_classes).to(rate.dtype))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            rate = forward(img)
+            loss = F.mse_loss(rate.float(), F.one_hot(label, num_classes).float())
         for opt in optimizers.values():
             opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -41,7 +49,6 @@ def train_epoch(model: nn.Module, optimizers: dict, batches: Iterable, num_class
             log_train(step, acc, loss_value)
             bar.set_postfix(loss=f'{loss_value:.4f}', acc=f'{acc:.3f}')
         step += 1
-    device = next(model.parameters()).device
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
     return step, time.perf_counter() - t0

@@ -116,8 +116,10 @@ class FiringRateMonitor:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, desc: str = 'test'):
-    """Evaluate ``model`` on ``loader`` in evaluation mode, without gradients.
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, desc: str = 'test',
+             amp: bool = False):
+    """Evaluate ``model`` on ``loader`` in evaluation mode, without gradients (under bfloat16
+    autocast with ``amp``).
 
     Returns:
         ``(accuracy, rates)``: the fraction of samples whose arg-max output firing rate (=
@@ -128,7 +130,8 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, desc: s
     with FiringRateMonitor(model) as monitor:
         for img, label in tqdm(loader, desc=desc, leave=False, disable=None):
             img, label = img.to(device, non_blocking=True), label.to(device, non_blocking=True)
-            correct += (model(img).argmax(1) == label).sum()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                correct += (model(img).argmax(1) == label).sum()
             monitor.count_samples(label.numel())
             functional.reset_net(model)
     return int(correct) / monitor.samples, monitor.results()

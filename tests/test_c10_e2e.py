@@ -16,7 +16,7 @@ from helpers import REPO, read_metrics, run_script, tensorboard_tags
 WEIGHTS = ['static_conv.0.weight', 'conv.1.weight', 'conv.4.weight', 'conv.8.weight',
            'conv.11.weight', 'conv.14.weight', 'fc.2.weight', 'fc.4.weight']
 ARGS = ['-m', 'grad', '-s', '0.95', '-T', '2', '-b', '8', '-N', '1', '-i1', '2', '-i2', '2',
-        '--workers', '0', '--device', 'cpu']
+        '--workers', '0', '--no-compile', '--device', 'cpu']
 NAME = 'lr-1e-4-b-8-T-2-penalty-1e-3-s-0.95-grad'
 
 

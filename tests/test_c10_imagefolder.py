@@ -143,7 +143,7 @@ def test_train_tensor_is_a_crop_or_flip_of_the_padded_image(copy):
 
 def test_short_grad_run_on_the_image_folder(copy, tmp_path):
     before = files(copy)
-    argv = ['-T', '2', '-b', '8', '-N', '0', '-i2', '2', '--train-size', '32', '--test-size', '16', '--workers', '0',
+    argv = ['-T', '2', '-b', '8', '-N', '0', '-i2', '2', '--train-size', '32', '--test-size', '16', '--workers', '0', '--no-compile',
             '--device', 'cpu', '-m', 'grad', '-s', '0.95', '--dataset-dir', str(copy),
             '--dump-dir', str(tmp_path)]
     assert engine.main(c10.EXPERIMENT, argv) == 0
@@ -231,7 +231,7 @@ def test_bad_layout_is_one_line_and_writes_nothing(case, copy, tmp_path, capsys)
     bad = _bad_copy(copy, tmp_path)
     spoil(bad)
     dump = tmp_path / 'dump'
-    argv = ['-m', 'grad', '-s', '0.95', '-T', '2', '--workers', '0', '--device', 'cpu',
+    argv = ['-m', 'grad', '-s', '0.95', '-T', '2', '--workers', '0', '--no-compile', '--device', 'cpu',
             '--dataset-dir', str(bad), '--dump-dir', str(dump)]
     assert engine.main(c10.EXPERIMENT, argv) == 2
     captured = capsys.readouterr()

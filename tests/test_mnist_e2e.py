@@ -10,9 +10,10 @@ import torch
 from helpers import REPO, read_metrics, run_script, tensorboard_tags
 
 MNIST = REPO / 'mnist' / 'mnist.py'
-# Two loader workers, so resume is checked with worker-side augmentation randomness too.
+# The default (device) data path, eager; test_released_pipeline_resumes_too checks the
+# released one with two loader workers (worker-side augmentation randomness).
 SMALL = ['-N', '1', '--train-size', '6000', '--test-size', '1000', '-i1', '1', '-i2', '10',
-         '--workers', '2', '--device', 'cpu']
+         '--no-compile', '--device', 'cpu']
 NAME = 'lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-grad-train-6000-test-1000'
 
 
@@ -94,6 +95,23 @@ def test_resume_gives_the_same_numbers(grad_run, tmp_path):
     again = _train(tmp_path)
     assert 'are done' in again.stdout
     assert len(read_metrics(tmp_path / 'logs' / NAME)) == 2
+
+
+@pytest.mark.parametrize('extra', [['--data-pipeline', 'released', '--workers', '2'], ['--compile']])
+def test_released_pipeline_and_compiled_runs_resume_too(tmp_path, extra):
+    """The released DataLoader path with two workers, and the compiled default path: a run
+    stopped after epoch 0 and resumed equals one that never stopped."""
+    straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
+    argv = [a for a in SMALL if a != '--no-compile'] + extra
+    for dump, last in ((straight, '1'), (resumed, '0'), (resumed, '1')):
+        done = run_script(MNIST, '-m', 'grad', '-s', '0.95', '--dump-dir', dump, *argv, '-N', last)
+        assert done.returncode == 0, done.stderr
+    strip = lambda rs: [{k: v for k, v in r.items() if not k.endswith('_seconds')} for r in rs]
+    records = read_metrics(straight / 'logs' / NAME)
+    assert strip(read_metrics(resumed / 'logs' / NAME)) == strip(records)
+    assert records[-1]['test_acc'] > 0.7
+    a, b = (torch.load(d / 'models' / NAME / 'checkpoint.pt', weights_only=True) for d in (straight, resumed))
+    assert all(torch.equal(a['model'][k], b['model'][k]) for k in a['model'])
 
 
 def test_dash_test_prints_and_saves_firing_rates(grad_run):

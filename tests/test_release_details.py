@@ -71,7 +71,7 @@ def _stand_in(n, seed):
     return TensorDataset(torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
 
 
-SMALL = ['-m', 'grad', '-s', '0.95', '-b', '8', '-i1', '1', '-i2', '3', '--workers', '0', '--device', 'cpu']
+SMALL = ['-m', 'grad', '-s', '0.95', '-b', '8', '-i1', '1', '-i2', '3', '--workers', '0', '--no-compile', '--device', 'cpu']
 SETS = (_stand_in(32, 0), _stand_in(16, 1))
 
 
@@ -120,22 +120,23 @@ def test_tensorboard_after_a_crash_between_metrics_line_and_checkpoint(tmp_path,
 
 
 def test_resume_with_other_workers_is_refused(tmp_path, capsys):
-    assert engine.main(mnist.EXPERIMENT, [*SMALL, '-N', '0', '--dump-dir', str(tmp_path)], datasets=SETS) == 0
-    argv = [*SMALL, '-N', '1', '--dump-dir', str(tmp_path)]
+    assert engine.main(mnist.EXPERIMENT, [*SMALL, '-N', '0', '--data-pipeline', 'released',
+                                          '--dump-dir', str(tmp_path / 'released')], datasets=SETS) == 0
+    argv = [*SMALL, '-N', '1', '--data-pipeline', 'released', '--dump-dir', str(tmp_path / 'released')]
     argv[argv.index('--workers') + 1] = '2'
     capsys.readouterr()
     assert engine.main(mnist.EXPERIMENT, argv, datasets=SETS) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith('mnist.py: error: --workers 2: run lr-1e-3-b-8-T-8-penalty-1e-3-s-0.95-grad')
     assert line.endswith('was trained with --workers 0; resume it with --workers 0')
-    (log_dir,) = (tmp_path / 'logs').iterdir()
+    (log_dir,) = (tmp_path / 'released' / 'logs').iterdir()
     assert len(read_metrics(log_dir)) == 1                      # nothing trained, nothing lost
 
 
 # ---------------------------------------------------------------- Deep R on real MNIST
 
 DEEP = ['-m', 'deep', '-s', '0.05', '-N', '1', '--train-size', '3000', '--test-size', '500',
-        '-i1', '1', '-i2', '1000', '--workers', '0', '--device', 'cpu']
+        '-i1', '1', '-i2', '1000', '--workers', '0', '--no-compile', '--device', 'cpu']
 
 
 def _deep_run(dump, *extra):

@@ -9,7 +9,7 @@ import pytest
 from engine.runinfo import code_version
 from helpers import REPO, read_metrics, run_script
 
-TINY = ['--train-size', '512', '--test-size', '256', '-N', '1', '-i1', '1', '--workers', '0',
+TINY = ['--train-size', '512', '--test-size', '256', '-N', '1', '-i1', '1', '--workers', '0', '--no-compile',
         '--device', 'cpu']
 GRAD = 'lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-grad-train-512-test-256'
 PLAIN = 'lr-1e-3-b-128-T-8-no_prune-train-512-test-256'

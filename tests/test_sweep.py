@@ -9,7 +9,7 @@ from helpers import REPO, read_metrics, run_script
 
 SWEEP = REPO / 'sweep.py'
 MNIST = [sys.executable, str(REPO / 'mnist' / 'mnist.py')]
-TINY = ['--train-size', '512', '--test-size', '256', '-N', '0', '-i1', '1', '--workers', '0',
+TINY = ['--train-size', '512', '--test-size', '256', '-N', '0', '-i1', '1', '--workers', '0', '--no-compile',
         '--device', 'cpu']
 
 

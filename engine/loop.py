@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 def train_epoch(model: nn.Module, optimizers: dict, batches: Iterable, num_classes: int,
                 step: int, i2: int, log_train: Callable[[int, float, float], None],
-                desc: str = 'train') -> tuple[int, float]:
+                desc: str = 'train', watch=None) -> tuple[int, float]:
     """Train ``model`` on one epoch of ``batches`` and return ``(step, seconds)``.
 
     Each batch ``(images [N, C, H, W], labels [N])``, already on the model's device, is one
@@ -23,6 +23,13 @@ def train_epoch(model: nn.Module, optimizers: dict, batches: Iterable, num_class
     before it is incremented (steps 0, i2, 2*i2, ...), ``log_train(step, acc, loss)``
     receives the batch's training accuracy (fraction) and loss. These are the only points
     where the step waits for the device.
+
+    ``watch``, an ``engine.safety.NonFiniteWatch``, sees every step's loss and weights on
+    the device and is read at those points and at the end of the epoch.
+
+    Raises:
+        engine.safety.NonFinite: (with ``watch``) the loss or a weight became NaN or Inf;
+            nothing of that step is logged.
     """
     model.train()
     t0 = time.perf_counter()
@@ -36,7 +43,11 @@ def train_epoch(model: nn.Module, optimizers: dict, batches: Iterable, num_class
         for opt in optimizers.values():
             opt.step()
         functional.reset_net(model)
+        if watch is not None:
+            watch.after_step(loss)
         if step % i2 == 0:
+            if watch is not None:
+                watch.check()
             acc, loss_value = (rate.argmax(1) == label).float().mean().item(), loss.item()
             log_train(step, acc, loss_value)
             bar.set_postfix(loss=f'{loss_value:.4f}', acc=f'{acc:.3f}')
@@ -44,4 +55,6 @@ def train_epoch(model: nn.Module, optimizers: dict, batches: Iterable, num_class
     device = next(model.parameters()).device
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
+    if watch is not None:
+        watch.check()
     return step, time.perf_counter() - t0

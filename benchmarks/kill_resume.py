@@ -9,7 +9,9 @@ each) is started, killed, started again, ... and finally run to its end. A run i
 when its final model and optimizer state and its ``metrics.jsonl`` records (timing fields
 aside) are those of the reference. Saves pause ``--save-pause`` seconds between writing the
 temporary file and renaming it (``GRADREWIRE_TEST_SAVE_PAUSE``), so that one kill in three
-waits for a save to start and lands inside it. Prints the kills, where each landed
+waits for a save to start and lands inside it, one in three comes at a random moment
+after the start (mostly during start-up) and one in three at a random moment of the
+training (the first 60% of the reference run's training time). Prints the kills, where each landed
 (startup, training, save) and the equal / not equal counts; exits 1 unless all are equal.
 Uses about 4 minutes on 2 CPU cores.
 """
@@ -55,7 +57,8 @@ def in_save(dump: Path) -> bool:
 
 
 def landing(dump: Path) -> str:
-    """Where the run stands now: 'save', 'training' (or testing) or 'startup'."""
+    """Where the run stands now: 'save', 'training' (or testing) or 'startup' (before its
+    first line)."""
     if in_save(dump):
         return 'save'
     text = (dump / 'stdout.txt').read_text() if (dump / 'stdout.txt').exists() else ''
@@ -63,8 +66,9 @@ def landing(dump: Path) -> str:
 
 
 def kill_once(dump: Path, moment: tuple, save_pause: float, flags=FLAGS) -> str | None:
-    """Start the run and SIGKILL it at ``moment``: ``('time', seconds)`` after the start, or
-    ``('save', fraction)`` of the save pause after a save began. Returns where the kill
+    """Start the run and SIGKILL it at ``moment``: ``('start', seconds)`` after the start,
+    ``('time', seconds)`` after training began (the run's first line), or ``('save',
+    fraction)`` of the save pause after a save began. Returns where the kill
     landed, or None when the run finished first (rc 0 is required then).
 
     Raises:
@@ -74,7 +78,12 @@ def kill_once(dump: Path, moment: tuple, save_pause: float, flags=FLAGS) -> str 
     t0 = time.monotonic()
     kind, value = moment
     while proc.poll() is None:
-        if kind == 'time' and time.monotonic() - t0 >= value:
+        if kind == 'start' and time.monotonic() - t0 >= value:
+            break
+        if kind == 'time' and t0 is not None and landing(dump) != 'startup':
+            t0, kind = None, 'train'
+            t_train = time.monotonic()
+        if kind == 'train' and time.monotonic() - t_train >= value:
             break
         if kind == 'save' and in_save(dump):
             time.sleep(value * save_pause)
@@ -91,16 +100,21 @@ def kill_once(dump: Path, moment: tuple, save_pause: float, flags=FLAGS) -> str 
 
 
 def run_to_end(dump: Path, save_pause: float, flags=FLAGS) -> float:
-    """Run the command until it finishes; returns its seconds.
+    """Run the command until it finishes; returns the seconds it trained (from its first
+    line to its end).
 
     Raises:
         RuntimeError: it ended with another status than 0.
     """
-    t0 = time.monotonic()
     proc = start(dump, save_pause, flags)
-    if proc.wait() != 0:
+    t_train = None
+    while proc.poll() is None:
+        if t_train is None and landing(dump) != 'startup':
+            t_train = time.monotonic()
+        time.sleep(0.01)
+    if proc.returncode != 0:
         raise RuntimeError(f'run ended with status {proc.returncode}: {(dump / "stderr.txt").read_text()[-2000:]}')
-    return time.monotonic() - t0
+    return time.monotonic() - (t_train or time.monotonic())
 
 
 def _records(dump: Path) -> list[dict]:
@@ -146,13 +160,14 @@ def main(argv=None) -> int:
     rng = random.Random(args.seed)
     root = args.keep or Path(tempfile.mkdtemp(prefix='kill_resume-'))
     t_ref = run_to_end(root / 'reference', args.save_pause)
-    print(f'reference run: {t_ref:.1f} s', flush=True)
+    print(f'reference run: {t_ref:.1f} s of training', flush=True)
     runs = math.ceil(args.kills / args.kills_per_run)
     landings, equal = [], 0
     for r in range(runs):
         n = min(args.kills_per_run, args.kills - r * args.kills_per_run)
-        moments = [('save', rng.random()) if (r * args.kills_per_run + i) % 3 == 2
-                   else ('time', rng.uniform(0.2, 1.0) * t_ref) for i in range(n)]
+        kinds = [('save', 'start', 'time')[(r * args.kills_per_run + i) % 3] for i in range(n)]
+        moments = [(k, {'save': rng.random(), 'start': rng.uniform(0, 3),
+                        'time': rng.uniform(0, 0.6) * t_ref}[k]) for k in kinds]
         dump = root / f'run-{r}'
         landed = interrupted_run(dump, moments, args.save_pause)
         same = same_result(root / 'reference', dump)

@@ -51,15 +51,22 @@ def start(dump: Path, save_pause: float, flags=FLAGS) -> subprocess.Popen:
     return proc
 
 
-def in_save(dump: Path) -> bool:
-    """A checkpoint's temporary file exists: a save is in progress."""
-    return any((dump / 'models').glob('*/*.tmp'))
+def in_save(dump: Path, since: float = 0.0) -> bool:
+    """A checkpoint's temporary file written at or after ``since`` (time.time()) exists: a
+    save is in progress (an older one was left by an earlier kill)."""
+    for tmp in (dump / 'models').glob('*/*.tmp'):
+        try:
+            if tmp.stat().st_mtime >= since:
+                return True
+        except FileNotFoundError:
+            pass
+    return False
 
 
-def landing(dump: Path) -> str:
-    """Where the run stands now: 'save', 'training' (or testing) or 'startup' (before its
-    first line)."""
-    if in_save(dump):
+def landing(dump: Path, since: float = 0.0) -> str:
+    """Where the run started at ``since`` stands now: 'save', 'training' (or testing) or
+    'startup' (before its first line)."""
+    if in_save(dump, since):
         return 'save'
     text = (dump / 'stdout.txt').read_text() if (dump / 'stdout.txt').exists() else ''
     return 'training' if 'run ' in text else 'startup'
@@ -74,18 +81,18 @@ def kill_once(dump: Path, moment: tuple, save_pause: float, flags=FLAGS) -> str 
     Raises:
         RuntimeError: the run ended with another status than 0.
     """
+    since = time.time()
     proc = start(dump, save_pause, flags)
     t0 = time.monotonic()
     kind, value = moment
     while proc.poll() is None:
         if kind == 'start' and time.monotonic() - t0 >= value:
             break
-        if kind == 'time' and t0 is not None and landing(dump) != 'startup':
-            t0, kind = None, 'train'
-            t_train = time.monotonic()
-        if kind == 'train' and time.monotonic() - t_train >= value:
+        if kind == 'time' and landing(dump, since) != 'startup':
+            kind, t0 = 'train', time.monotonic()
+        if kind == 'train' and time.monotonic() - t0 >= value:
             break
-        if kind == 'save' and in_save(dump):
+        if kind == 'save' and in_save(dump, since):
             time.sleep(value * save_pause)
             break
         time.sleep(0.005)
@@ -93,7 +100,7 @@ def kill_once(dump: Path, moment: tuple, save_pause: float, flags=FLAGS) -> str 
         if proc.returncode != 0:
             raise RuntimeError(f'run ended with status {proc.returncode}: {(dump / "stderr.txt").read_text()[-2000:]}')
         return None
-    where = landing(dump)
+    where = landing(dump, since)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return where

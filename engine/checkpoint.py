@@ -293,6 +293,13 @@ def save_epoch(state: dict, latest: Path, prev: Path, prev_source: Path | None,
         atomic_copy(latest, numbered)
 
 
+def remove_temporaries(folder: Path) -> None:
+    """Delete the ``*.tmp`` files a killed save left in ``folder`` (call it only while
+    holding the run's lock: another process's save in progress has such a file too)."""
+    for tmp in Path(folder).glob('*.tmp'):
+        tmp.unlink(missing_ok=True)
+
+
 def set_aside(path: Path) -> Path:
     """Rename a damaged file to ``<name>.damaged`` (``.damaged-2``, ... when taken), so that
     it is kept for inspection and never overwritten; returns the new path."""

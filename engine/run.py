@@ -63,12 +63,14 @@ class Run:
 
         When ``checkpoint.pt`` cannot be used but ``checkpoint-prev.pt`` can, says so in one
         line on stderr, sets the damaged file aside as ``checkpoint.pt.damaged`` and resumes
-        from the previous epoch (which is trained again). Returns whether it resumed.
+        from the previous epoch (which is trained again). Deletes the temporary files of a
+        save that was killed. Returns whether it resumed.
 
         Raises:
             UsageError: the checkpoint was made with other data settings (e.g. --workers),
                 or no checkpoint can be used (the message names --resume-from PATH).
         """
+        ckpt_io.remove_temporaries(self.model_dir)
         if self.args.resume_from is None and not (self.checkpoint.exists() or self.prev_checkpoint.exists()):
             return False
         path, ckpt = self._load_first(self._load_training_state)

@@ -41,7 +41,10 @@ NAME = 'lr-1e-3-b-64-T-8-penalty-1e-3-s-0.95-grad-train-1024-test-256'
 def start(dump: Path, save_pause: float, flags=FLAGS) -> subprocess.Popen:
     """Start the training command on ``dump``; its stdout/stderr go to files in ``dump``."""
     dump.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'GRADREWIRE_TEST_SAVE_PAUSE': str(save_pause)}
+    # One thread: a BLAS that picks its thread count by the machine's load sums in another
+    # order, and runs must be bit-identical to be compared.
+    env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'GRADREWIRE_TEST_SAVE_PAUSE': str(save_pause),
+           'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
     out = open(dump / 'stdout.txt', 'w')
     err = open(dump / 'stderr.txt', 'a')
     proc = subprocess.Popen([sys.executable, str(MNIST), *flags, '--dump-dir', str(dump)],

@@ -147,6 +147,7 @@ def atomic_link(src: Path, dst: Path) -> None:
         return
     try:
         os.replace(tmp, dst)
+        tmp.unlink(missing_ok=True)        # rename does nothing when both name one file
         _fsync_dir(dst.parent)
     except OSError as err:
         tmp.unlink(missing_ok=True)
@@ -185,6 +186,10 @@ def read_checkpoint(path: Path, keys: Iterable[str] = TRAINING_KEYS) -> dict:
     try:
         ckpt = load_checkpoint(path)
     except Exception as err:           # torch.load: zip, pickle, EOF and OS errors alike
+        with open(path, 'rb') as f:
+            zipped = f.read(4) == b'PK\x03\x04'
+        if not zipped:                 # torch's message would be about pickle internals
+            raise CheckpointError(f'{path}: cannot be read (not a torch.save file)') from None
         raise CheckpointError(f'{path}: cannot be read ({_first_sentence(err)})') from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f'{path}: not a checkpoint (it holds a {type(ckpt).__name__}, not a dict)')

@@ -64,7 +64,8 @@ class Run:
         When ``checkpoint.pt`` cannot be used but ``checkpoint-prev.pt`` can, says so in one
         line on stderr, sets the damaged file aside as ``checkpoint.pt.damaged`` and resumes
         from the previous epoch (which is trained again). Deletes the temporary files of a
-        save that was killed. Returns whether it resumed.
+        save that was killed, and makes the resumed epoch's numbered copy if that save did
+        not get to it. Returns whether it resumed.
 
         Raises:
             UsageError: the checkpoint was made with other data settings (e.g. --workers),
@@ -78,6 +79,9 @@ class Run:
             ckpt_io.set_aside(self.checkpoint)
         self._prev_source = None if path == self.prev_checkpoint else path
         self.saved = (path, ckpt['epoch'])
+        numbered = self.model_dir / f'checkpoint-{ckpt["epoch"]}.pt'
+        if ckpt['epoch'] % self.args.i1 == 0 and not numbered.exists():    # a save killed before it
+            ckpt_io.atomic_copy(path, numbered)
         return True
 
     def _load_first(self, use):

@@ -146,9 +146,9 @@ class Run:
         """
         self.model_dir.mkdir(parents=True, exist_ok=True)
         numbered = self.model_dir / f'checkpoint-{self.epoch}.pt' if self.epoch % self.args.i1 == 0 else None
-        with safety.interrupts_deferred():
+        with safety.interrupts_deferred():      # a deferred signal is raised after the update
             ckpt_io.save_epoch(self.state(), self.checkpoint, self.prev_checkpoint, self._prev_source, numbered)
-        self._prev_source, self.saved = self.checkpoint, (self.checkpoint, self.epoch)
+            self._prev_source, self.saved = self.checkpoint, (self.checkpoint, self.epoch)
 
     def train(self) -> None:
         """Train epochs up to -N after :meth:`resume`, testing, logging and checkpointing

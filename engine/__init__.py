@@ -10,12 +10,15 @@ everything else. Modules, by concern:
 - ``engine.metrics``: sparsity, prune/regrow counts, firing rates, evaluation;
 - ``engine.checkpoint``: checkpoints, generator states, ``metrics.jsonl`` after a crash;
 - ``engine.logs``: TensorBoard, the per-epoch record and the console lines;
+- ``engine.safety``: the run's lock, SIGINT/SIGTERM, the NaN/Inf watch;
 - ``engine.run``: one run, trained epoch by epoch, resumed, tested.
 
 Conventions follow ``docs/method.md``, "Experiment conventions".
 """
 from __future__ import annotations
 
+import shlex
+import signal
 import sys
 import warnings
 from typing import Sequence
@@ -26,7 +29,9 @@ import torch
 # flags as deprecated at import time: noise for every run, nothing a user can act on.
 warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
 
-from engine.checkpoint import atomic_copy, atomic_save, load_checkpoint  # noqa: E402
+from engine import safety  # noqa: E402
+from engine.checkpoint import (CheckpointError, SaveError, atomic_copy, atomic_save,  # noqa: E402
+                               load_checkpoint, read_checkpoint)
 from engine.cli import (DEFAULT_SEED, MODES, REPO_ROOT, Experiment, UsageError,  # noqa: E402
                         build_parser, check_writable_dir, run_name, validate)
 from engine.metrics import LINK_THRESHOLD, evaluate, sparsity_report  # noqa: E402
@@ -42,25 +47,65 @@ def main(exp: Experiment, argv: Sequence[str] | None = None, datasets=None) -> i
         datasets: optional ``(train_set, test_set)`` used instead of ``exp.load_datasets``
             (tests pass stand-ins here).
 
-    Returns the exit status: 0 on success, 2 on a usage error (one line on stderr, no file
-    written).
+    Returns the exit status, after one line on stderr for each failure:
+    0 on success; 2 on a usage error before any work (no file written), a run locked by
+    another process, or no usable checkpoint; 1 when the loss or a weight became NaN/Inf or
+    a checkpoint could not be written (the last good checkpoint is kept and named);
+    130 / 143 on SIGINT / SIGTERM during training (the last finished epoch's checkpoint is
+    intact; the line gives the command that resumes).
     """
     parser = build_parser(exp)
     args = parser.parse_args(argv)
+    command = shlex.join([exp.prog, *(sys.argv[1:] if argv is None else argv)])
     try:
         validate(args)
         torch.set_num_threads(args.threads)
-        if args.test and not (args.dump_dir / 'models' / run_name(args) / 'checkpoint.pt').exists():
-            raise UsageError(f'-test: no checkpoint of run {run_name(args)} under '
-                             f'{args.dump_dir / "models"}; train it first (same flags without -test)')
-        run = Run(exp, args, datasets if datasets is not None else exp.load_datasets(args))
-        if not args.test:
-            run.resume()
+        if args.test:
+            _check_test_source(args)
+            Run(exp, args, datasets if datasets is not None else exp.load_datasets(args)).test()
+            return 0
+        run = None
+        with safety.interrupts_raise():
+            try:
+                run = Run(exp, args, datasets if datasets is not None else exp.load_datasets(args))
+                with safety.RunLock(run.model_dir):
+                    run.resume()
+                    run.train()
+                return 0
+            except safety.Interrupted as sig:
+                return _stopped(exp, run, f'interrupted by {sig}', command, sig.exit_status)
+            except RuntimeError as err:
+                if not safety.worker_interrupted(err):
+                    raise
+                return _stopped(exp, run, 'interrupted (a data-loader worker was killed)',
+                                command, safety.EXIT_STATUS[signal.SIGINT])
+            except safety.NonFinite as err:
+                print(f'{exp.prog}: stopped at epoch {run.epoch}: {err}; nothing of epoch {run.epoch} '
+                      f'was saved; {run.last_good()}', file=sys.stderr)
+                return 1
+            except SaveError as err:
+                print(f'{exp.prog}: stopped at epoch {run.epoch}: {err}; {run.last_good()}', file=sys.stderr)
+                return 1
     except UsageError as err:
         print(f'{exp.prog}: error: {err}', file=sys.stderr)
         return 2
-    if args.test:
-        run.test()
-    else:
-        run.train()
-    return 0
+
+
+def _check_test_source(args) -> None:
+    """``-test`` needs a checkpoint of the run (or ``--resume-from``).
+
+    Raises:
+        UsageError: there is none.
+    """
+    model_dir = args.dump_dir / 'models' / run_name(args)
+    if args.resume_from is None and not any((model_dir / f).exists() for f in ('checkpoint.pt', 'checkpoint-prev.pt')):
+        raise UsageError(f'-test: no checkpoint of run {run_name(args)} under '
+                         f'{args.dump_dir / "models"}; train it first (same flags without -test)')
+
+
+def _stopped(exp: Experiment, run, what: str, command: str, status: int) -> int:
+    """The one line of an interrupted run; returns ``status``."""
+    kept = run.last_good() if run is not None else 'nothing was written'
+    print(f'{exp.prog}: {what}; {kept}; to resume, run the same command again: {command}',
+          file=sys.stderr)
+    return status

@@ -131,6 +131,8 @@ def build_parser(exp: Experiment) -> argparse.ArgumentParser:
                         "trained again) or as Bellec et al. 2018 (trained); see docs/method.md")
     p.add_argument('--train-size', type=int, default=None, metavar='K',
                    help='train on the first K training samples only (a smoke test; named in the run)')
+    p.add_argument('--resume-from', type=_folder, default=None, metavar='PATH',
+                   help="resume training (or -test) from this checkpoint file instead of the run's own")
     p.add_argument('--test-size', type=int, default=None, metavar='K',
                    help='evaluate on the first K test samples only (named in the run)')
     return p

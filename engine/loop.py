@@ -14,7 +14,7 @@ from tqdm import tqdm
 def train_epoch(model: nn.Module, optimizers: dict, batches: Iterable, num_classes: int,
                 step: int, i2: int, log_train: Callable[[int, float, float], None],
                 desc: str = 'train', forward: Callable | None = None,
-                amp: bool = False) -> tuple[int, float]:
+                amp: bool = False, watch=None) -> tuple[int, float]:
     """Train ``model`` on one epoch of ``batches`` and return ``(step, seconds)``.
 
     Each batch ``(images [N, C, H, W], labels [N])``, already on the model's device, is one
@@ -28,6 +28,13 @@ def train_epoch(model: nn.Module, optimizers: dict, batches: Iterable, num_class
     ``forward`` (default ``model``) computes the output, e.g. ``torch.compile(model)``;
     ``amp`` runs forward and loss under bfloat16 autocast (the backward follows its dtypes;
     parameters, gradients and optimizer state stay float32).
+
+    ``watch``, an ``engine.safety.NonFiniteWatch``, sees every step's loss and weights on
+    the device and is read at those points and at the end of the epoch.
+
+    Raises:
+        engine.safety.NonFinite: (with ``watch``) the loss or a weight became NaN or Inf;
+            nothing of that step is logged.
     """
     model.train()
     forward = model if forward is None else forward
@@ -44,11 +51,17 @@ def train_epoch(model: nn.Module, optimizers: dict, batches: Iterable, num_class
         for opt in optimizers.values():
             opt.step()
         functional.reset_net(model)
+        if watch is not None:
+            watch.after_step(loss)
         if step % i2 == 0:
+            if watch is not None:
+                watch.check()
             acc, loss_value = (rate.argmax(1) == label).float().mean().item(), loss.item()
             log_train(step, acc, loss_value)
             bar.set_postfix(loss=f'{loss_value:.4f}', acc=f'{acc:.3f}')
         step += 1
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
+    if watch is not None:
+        watch.check()
     return step, time.perf_counter() - t0

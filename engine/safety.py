@@ -1,0 +1,238 @@
+"""What keeps a training run safe from the machine and from its users: the run's lock,
+interrupts (SIGINT, SIGTERM) that end it cleanly between steps or after a save, and the
+watch for NaN or Inf in the loss and the weights.
+
+``engine.main`` turns each failure into one line and an exit status (README, "Crashes and
+interruptions"): 2 for a run locked by another process, 1 for NaN/Inf or a failed save,
+130 for SIGINT and 143 for SIGTERM.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+from pathlib import Path
+
+import torch
+
+from engine.cli import UsageError
+
+
+# ---------------------------------------------------------------- the run's lock
+
+class RunLocked(UsageError):
+    """Another live process trains the same run (exit status 2)."""
+
+
+class RunLock:
+    """An exclusive ``fcntl.flock`` on ``<model_dir>/lock``, held while a run trains.
+
+    The OS releases it when its holder exits or dies (even by SIGKILL), so a crashed run
+    never leaves a stale lock behind. The file records the holder's host and pid, for the
+    message that a second process prints. Use as a context manager, or call
+    :meth:`acquire` and :meth:`release`.
+    """
+
+    def __init__(self, model_dir: Path):
+        self.path = Path(model_dir) / 'lock'
+        self._fd = None
+
+    def acquire(self) -> RunLock:
+        """Take the lock without waiting, then record this host and pid in the file.
+
+        Raises:
+            RunLocked: another process holds it; the message names its host and pid.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise RunLocked(f'run {self.path.parent.name} is being trained by {holder} '
+                            f'(lock {self.path}); wait for it to end or stop it first') from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps({'host': socket.gethostname(), 'pid': os.getpid()}) + '\n').encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Give the lock back (closing the file releases it); the file stays."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> str:
+    """'process <pid> on host <host>' from the lock file, or a placeholder while the
+    holder has not written it yet."""
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0).decode())
+        return f"process {holder['pid']} on host {holder['host']}"
+    except (ValueError, KeyError, TypeError, OSError):
+        return 'another process (its host and pid are not recorded yet)'
+
+
+# ---------------------------------------------------------------- interrupts
+
+EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}
+"""Exit status of a run ended by each signal: 128 + the signal number, as a shell reports."""
+
+
+class Interrupted(BaseException):
+    """The run got SIGINT or SIGTERM (or a data-loader worker died of one).
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` in between
+    swallows it. ``signum`` is the signal; :attr:`exit_status` is 130 or 143.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_status(self) -> int:
+        return EXIT_STATUS[self.signum]
+
+
+class InterruptGuard:
+    """Turns SIGINT and SIGTERM into :class:`Interrupted` in the main process.
+
+    While :meth:`deferred` is active (a checkpoint being written) a signal is only noted
+    and raised when the block ends, so a save in progress always completes. In other
+    processes forked from this one (data-loader workers) the handler raises
+    KeyboardInterrupt, which the workers' loop treats as their main process's business and
+    ends quietly. Use as a context manager; the previous handlers come back on exit.
+    """
+
+    def __init__(self):
+        self._pid = os.getpid()
+        self._deferring = 0
+        self._pending = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if os.getpid() != self._pid:
+            raise KeyboardInterrupt
+        if self._deferring:
+            self._pending = self._pending or signum
+            return
+        raise Interrupted(signum)
+
+    def __enter__(self) -> InterruptGuard:
+        for signum in EXIT_STATUS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    @contextlib.contextmanager
+    def deferred(self):
+        """Hold signals back during the block, then raise :class:`Interrupted` for the
+        first that came (after the block completed)."""
+        self._deferring += 1
+        try:
+            yield
+        finally:
+            self._deferring -= 1
+        if not self._deferring and self._pending is not None:
+            signum, self._pending = self._pending, None
+            raise Interrupted(signum)
+
+
+_active_guard: InterruptGuard | None = None
+
+
+@contextlib.contextmanager
+def interrupts_raise():
+    """Install an :class:`InterruptGuard` for the block (``engine.main``'s training path)."""
+    global _active_guard
+    with InterruptGuard() as guard:
+        _active_guard = guard
+        try:
+            yield guard
+        finally:
+            _active_guard = None
+
+
+def interrupts_deferred():
+    """A context manager that defers SIGINT/SIGTERM while a file is written, when a guard
+    is installed; a no-op otherwise (library use, tests calling ``Run.save`` directly)."""
+    return _active_guard.deferred() if _active_guard is not None else contextlib.nullcontext()
+
+
+def worker_interrupted(err: BaseException) -> bool:
+    """True when ``err`` is the RuntimeError of a DataLoader whose worker process was killed
+    by a signal or exited unexpectedly: a terminal's Ctrl-C reaches the workers too, so
+    this counts as the same interrupt."""
+    text = str(err)
+    return isinstance(err, RuntimeError) and 'DataLoader worker' in text and (
+        'killed by signal' in text or 'exited unexpectedly' in text)
+
+
+# ---------------------------------------------------------------- NaN and Inf
+
+class NonFinite(Exception):
+    """The loss or a weight became NaN or Inf at global step ``step`` (exit status 1).
+
+    ``what`` is ``'loss'`` or ``'weights'``: which was first seen non-finite.
+    """
+
+    def __init__(self, step: int, what: str):
+        super().__init__(f'the {what} became NaN or Inf at step {step}')
+        self.step, self.what = step, what
+
+
+class NonFiniteWatch:
+    """Watches the loss and the parameters for NaN/Inf on the device, without a host
+    synchronisation per step.
+
+    :meth:`after_step` (after every optimizer step) folds the step's state into device
+    tensors: the first bad global step (via ``torch.where`` on a step-counter tensor) and
+    what was bad. Each parameter costs one sum per step: the sum of a tensor is finite
+    exactly when all its elements are (barring overflow of sums near 3e38, itself a sign of
+    divergence). :meth:`check` reads the flag (``.item()``), to be called only where the
+    step already waits for the device (``-i2`` logging points) and at the end of an epoch.
+    """
+
+    LOSS, WEIGHTS = 1, 2
+
+    def __init__(self, params, step: int, device: torch.device):
+        self.params = [p for p in params]
+        self.counter = torch.tensor(step, dtype=torch.long, device=device)
+        self.first = torch.tensor(-1, dtype=torch.long, device=device)
+        self.kind = torch.tensor(0, dtype=torch.long, device=device)
+
+    @torch.no_grad()
+    def after_step(self, loss: torch.Tensor) -> None:
+        """Note whether this step's loss or the parameters after it are non-finite."""
+        loss_bad = ~torch.isfinite(loss.detach())
+        total = torch.stack([p.sum() for p in self.params]).sum()
+        weights_bad = ~torch.isfinite(total)
+        new = (self.first < 0) & (loss_bad | weights_bad)
+        self.first = torch.where(new, self.counter, self.first)
+        kind = torch.where(loss_bad, self.LOSS, self.WEIGHTS)
+        self.kind = torch.where(new, kind, self.kind)
+        self.counter += 1
+
+    def check(self) -> None:
+        """Read the flag (one host synchronisation).
+
+        Raises:
+            NonFinite: naming the first bad step and whether the loss or a weight was bad.
+        """
+        first = int(self.first.item())
+        if first >= 0:
+            raise NonFinite(first, 'loss' if int(self.kind.item()) == self.LOSS else 'weights')

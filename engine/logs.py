@@ -11,6 +11,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from torch.utils.tensorboard import SummaryWriter
+
 from engine.metrics import prune_regrow_counts, sparsity_report
 from engine.optimizers import synapses
 
@@ -83,3 +85,22 @@ def print_test_report(name: str, epoch: int, model: nn.Module, acc: float, rates
         path = model_dir / f'firing_rate-{layer}.npy'
         np.save(path, r['per_neuron'])
         print(f"firing rate {layer}: {r['avg_firing_rate']:.4f} (non-firing {r['nonfire_prop']:.4f}) -> {path}")
+
+
+def resumed_writer(log_dir, epoch: int, kept: list[dict]) -> SummaryWriter:
+    """A TensorBoard writer that continues the run's log at ``epoch``.
+
+    TensorBoard purges every tag of a folder from one step on, while the per-epoch tags count
+    epochs and ``train/*`` counts steps. So the log is purged from step ``epoch`` (every
+    per-epoch point of an epoch that is trained again goes), and the ``train/*`` points of
+    finished epochs at steps >= ``epoch``, which the purge also removes, are written again
+    from ``metrics.jsonl``. Afterwards every per-epoch tag has one point per finished epoch
+    and no ``train/*`` point of a finished epoch is lost.
+    """
+    writer = SummaryWriter(str(log_dir), purge_step=epoch)
+    for record in kept:
+        for step, acc, loss in record.get('train', []):
+            if step >= epoch:
+                writer.add_scalar('train/acc', acc, step)
+                writer.add_scalar('train/loss', loss, step)
+    return writer

@@ -3,7 +3,9 @@
 #   bash benchmarks/gpu_check.sh [DUMP_DIR]
 # 1. the CUDA tests of the optimizers; 2. MNIST Grad R on CUDA: two epochs straight against one
 # epoch, stop, resume (must match exactly), and a Deep R epoch; 3. one CIFAR-10 training step,
-# multi-step fast path against the step loop (time and peak GPU memory).
+# multi-step fast path against the step loop (time and peak GPU memory); 4. benchmarks/epoch.py
+# (MNIST per configuration, CIFAR-10 fp32 and --amp); 5. with C10_JPEG=<unpacked JPEG copy>,
+# the first CIFAR-10 epochs on real images for C10_EPOCHS epochs (default 3).
 set -uo pipefail
 dump=${1:-/tmp/gpu_check}
 rm -rf "$dump"
@@ -26,3 +28,8 @@ print('resume on CUDA: metrics equal per epoch', same, '; weights bit-identical'
 PY
 run -m deep -s 0.95 -N 0 --dump-dir "$dump/deep"
 python3 benchmarks/c10_step.py --device cuda --repeats 10 2>&1 | tail -7
+python3 benchmarks/epoch.py --device cuda 2>&1
+if [ -n "${C10_JPEG:-}" ]; then
+  python3 c10/c10.py -m grad -s 0.95 --device cuda --dataset-dir "$C10_JPEG" --dump-dir "$dump/c10" \
+    -N "$(( ${C10_EPOCHS:-3} - 1 ))" 2>&1 | grep -E '^(epoch|run)|rror'
+fi

@@ -34,7 +34,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 MNIST = REPO / 'mnist' / 'mnist.py'
 FLAGS = ['-m', 'grad', '-s', '0.95', '--train-size', '1024', '--test-size', '256', '-N', '3',
-         '-b', '64', '-i1', '1', '--workers', '0', '--device', 'cpu']
+         '-b', '64', '-i1', '1', '--workers', '0', '--device', 'cpu', '--no-compile']
 NAME = 'lr-1e-3-b-64-T-8-penalty-1e-3-s-0.95-grad-train-1024-test-256'
 
 

@@ -19,7 +19,7 @@ Data (``--dataset-dir``), in this order of preference:
   changes the pixels slightly, so its accuracies are not those of the original data.
 
 BatchNorm parameters are never pruned: the engine gives them a plain Adam with the same
-learning rate. Everything but the model, the data and the defaults lives in ``engine.py``.
+learning rate. Everything but the model, the data and the defaults lives in the ``engine`` package.
 """
 import sys
 from collections import Counter

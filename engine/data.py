@@ -116,7 +116,7 @@ def decode(ds: Dataset, k: int | None = None) -> tuple[torch.Tensor, torch.Tenso
             images = images.permute(0, 3, 1, 2)
         return images.contiguous(), torch.as_tensor(ds.targets, dtype=torch.long)[index]
     if hasattr(ds, 'samples') and hasattr(ds, 'loader'):         # ImageFolder
-        images = [torch.from_numpy(np.asarray(ds.loader(ds.samples[i][0]).convert('RGB')))
+        images = [torch.from_numpy(np.array(ds.loader(ds.samples[i][0]).convert('RGB')))
                   for i in index.tolist()]
         labels = [ds.samples[i][1] for i in index.tolist()]
         return torch.stack(images).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(labels)

@@ -7,7 +7,7 @@ Examples (from the repository root, or from inside mnist/ as ``python mnist.py .
     python mnist/mnist.py -m deep -soft -s 0.95      # soft Deep R
     python mnist/mnist.py -m grad -s 0.95 -test      # evaluate the latest checkpoint
 
-Everything but the model, the data and the defaults lives in ``engine.py``.
+Everything but the model, the data and the defaults lives in the ``engine`` package.
 """
 import hashlib
 import shutil

@@ -23,7 +23,8 @@ import kill_resume  # noqa: E402
 
 MNIST = REPO / 'mnist' / 'mnist.py'
 NAME = 'lr-1e-3-b-8-T-8-penalty-1e-3-s-0.95-grad'
-FLAGS = ['-m', 'grad', '-s', '0.95', '-b', '8', '-i1', '1', '-i2', '3', '--workers', '0', '--device', 'cpu']
+FLAGS = ['-m', 'grad', '-s', '0.95', '-b', '8', '-i1', '1', '-i2', '3', '--workers', '0', '--device', 'cpu',
+         '--no-compile']
 
 
 def _stand_in(n, seed):
@@ -298,7 +299,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, capsys, monkeypat
 # ---------------------------------------------------------------- signals and kills (real MNIST)
 
 SUB = ['-m', 'grad', '-s', '0.95', '--train-size', '512', '--test-size', '256', '-b', '64', '-i1', '1',
-       '--device', 'cpu']
+       '--device', 'cpu', '--no-compile', '--data-pipeline', 'released']
 SUB_NAME = 'lr-1e-3-b-64-T-8-penalty-1e-3-s-0.95-grad-train-512-test-256'
 
 

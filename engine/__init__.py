@@ -17,6 +17,7 @@ Conventions follow ``docs/method.md``, "Experiment conventions".
 """
 from __future__ import annotations
 
+import logging
 import shlex
 import signal
 import sys
@@ -28,6 +29,9 @@ import torch
 # SpikingJelly 0.0.0.0.14 decorates its LIF kernels with torch.jit.script, which torch 2.14
 # flags as deprecated at import time: noise for every run, nothing a user can act on.
 warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
+# torch.compile on a CPU-only machine with a CUDA build of torch warns once per process that no
+# CUDA runtime is found: true, and nothing to act on.
+logging.getLogger('torch.utils.cpp_extension').setLevel(logging.ERROR)
 
 from engine import safety  # noqa: E402
 from engine.checkpoint import (CheckpointError, SaveError, atomic_copy, atomic_save,  # noqa: E402

@@ -67,7 +67,8 @@ def test_tensorboard_tags(grad_run):
 def test_checkpoints_are_state_dicts(grad_run):
     dump, _ = grad_run
     models = dump / 'models' / NAME
-    assert sorted(p.name for p in models.glob('*.pt')) == ['checkpoint-0.pt', 'checkpoint-1.pt', 'checkpoint.pt']
+    assert sorted(p.name for p in models.glob('*.pt')) == ['checkpoint-0.pt', 'checkpoint-1.pt',
+                                                         'checkpoint-prev.pt', 'checkpoint.pt']
     ckpt = torch.load(models / 'checkpoint.pt', weights_only=True)
     assert ckpt['epoch'] == 1 and ckpt['step'] == 92
     assert set(ckpt['model']) == {'static_fc.1.weight', 'fc.1.weight'}

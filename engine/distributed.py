@@ -307,8 +307,8 @@ class Context:
             args.device = torch.device('cuda', self.local_rank)
             torch.cuda.set_device(args.device)
         if not self.is_main:
-            sys.stdout = open(os.devnull, 'w')
-            sys.stderr = _NotATerminal(sys.stderr)
+            self._streams = sys.stdout, sys.stderr
+            sys.stdout, sys.stderr = open(os.devnull, 'w'), _NotATerminal(sys.stderr)
         if not dist.is_initialized():
             dist.init_process_group('nccl' if args.device.type == 'cuda' else 'gloo')
         self.device = args.device
@@ -321,11 +321,11 @@ class Context:
             return
         if dist.is_initialized():
             dist.destroy_process_group()
-        if sys.stdout is not sys.__stdout__:
+        streams = getattr(self, '_streams', None)
+        if streams is not None:
             sys.stdout.close()
-            sys.stdout = sys.__stdout__
-        if isinstance(sys.stderr, _NotATerminal):
-            sys.stderr = sys.stderr._stream
+            sys.stdout, sys.stderr = streams
+            self._streams = None
 
     def say(self, line: str) -> None:
         """Print one line on stderr, on rank 0 only."""

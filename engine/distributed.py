@@ -334,12 +334,13 @@ class Context:
 
     # ---------------------------------------------------------------- collectives
 
-    def agree(self, error: Exception | None) -> None:
+    def agree(self, error: Exception | None, kind: type = UsageError) -> None:
         """Every rank learns whether any rank failed; then all raise together.
 
         Raises:
-            UsageError: some rank passed an error: on that rank ``error`` itself, on the others
-                the first failing rank's message (prefixed with its rank when it is not 0).
+            kind: some rank passed an error: on that rank ``error`` itself, on the others a
+                ``kind`` with the first failing rank's message (prefixed with its rank when it
+                is not 0).
         """
         if not self.active:
             if error is not None:
@@ -352,7 +353,18 @@ class Context:
             raise error
         if failed:
             rank, message = failed[0]
-            raise UsageError(message if rank == 0 else f'rank {rank}: {message}')
+            raise kind(message if rank == 0 else f'rank {rank}: {message}')
+
+    def on_main(self, work, kind: type) -> None:
+        """Call ``work()`` on rank 0 only (e.g. a checkpoint save); when it raises ``kind``
+        there, every rank raises (:meth:`agree`), so that none waits for rank 0 in vain."""
+        error = None
+        if self.is_main:
+            try:
+                work()
+            except kind as err:
+                error = err
+        self.agree(error, kind)
 
     def _sum(self, values: torch.Tensor) -> torch.Tensor:
         values = values.to(self.device)

@@ -65,9 +65,10 @@ class Run(Checkpointing):
                 record = self.train_and_test_epoch(writer, before, params)
                 # The metrics line before the checkpoint: a crash in between redoes the
                 # epoch, and truncate_metrics drops the line on resume.
-                if main:
+                def keep():
                     ckpt_io.append_metrics(metrics, record)
                     self.save()
+                self.dist.on_main(keep, ckpt_io.SaveError)
                 print(epoch_line(record, self.best_acc), flush=True)
         finally:
             writer.close()

@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from spikingjelly.activation_based import base
+from torch.nn.modules._functions import SyncBatchNorm as _TorchSyncBatchNorm
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from engine import checkpoint as ckpt_io
@@ -67,7 +68,7 @@ class _GatherStats(torch.autograd.Function):
         return grad[dist.get_rank(ctx.group)], None
 
 
-class StepwiseSyncBatchNorm2d(nn.SyncBatchNorm, base.StepModule):
+class StepwiseSyncBatchNorm2d(nn.BatchNorm2d, base.StepModule):
     """BatchNorm2d whose batch statistics are those of the global batch over all ranks,
     per time step.
 
@@ -77,10 +78,12 @@ class StepwiseSyncBatchNorm2d(nn.SyncBatchNorm, base.StepModule):
     order, with the unbiased variance of the global count. Single-step input [N, C, H, W] is
     one such call. In evaluation the running statistics are used, with no communication.
 
-    On CUDA each step calls ``torch.nn.SyncBatchNorm.forward`` (NCCL); on other devices, where
-    SyncBatchNorm refuses to run, each rank's per-channel (count, mean, biased variance) are
-    all-gathered and combined (the parallel variance formula), differentiably. Without a
-    process group of more than one rank it is an ordinary BatchNorm2d.
+    On CUDA each step is torch's own synchronised batch norm (the autograd function that
+    ``torch.nn.SyncBatchNorm.forward`` calls, NCCL). On other devices, where that function
+    does not run, each rank's per-channel (count, mean, biased variance) are all-gathered and
+    combined (the parallel variance formula), differentiably. Without a process group of more
+    than one rank it is an ordinary BatchNorm2d. It is not an ``nn.SyncBatchNorm`` subclass,
+    which DistributedDataParallel refuses on the CPU.
 
     Parameters, buffers and state-dict keys are those of ``torch.nn.BatchNorm2d``.
 
@@ -90,7 +93,8 @@ class StepwiseSyncBatchNorm2d(nn.SyncBatchNorm, base.StepModule):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, process_group=None,
                  step_mode: str = 's'):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, process_group)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats)
+        self.process_group = process_group
         self.step_mode = step_mode
 
     @classmethod
@@ -110,7 +114,7 @@ class StepwiseSyncBatchNorm2d(nn.SyncBatchNorm, base.StepModule):
         """Normalise ``x`` ([N, C, H, W] in step mode 's', [T, N, C, H, W] in 'm').
 
         Raises:
-            ValueError: an unknown step mode, or a multi-step input that is not 5-D.
+            ValueError: an unknown step mode, or an input of the wrong dimension.
         """
         if self.step_mode == 's':
             return self._step(x)
@@ -126,30 +130,33 @@ class StepwiseSyncBatchNorm2d(nn.SyncBatchNorm, base.StepModule):
         return self.process_group or dist.group.WORLD
 
     def _step(self, x: torch.Tensor) -> torch.Tensor:
-        syncing = (self.training and dist.is_available() and dist.is_initialized()
-                   and dist.get_world_size(self._group()) > 1)
-        if not syncing:          # SyncBatchNorm.forward would refuse a CPU tensor even then
-            return nn.modules.batchnorm._BatchNorm.forward(self, x)
-        if x.device.type == 'cuda':
-            return nn.SyncBatchNorm.forward(self, x)
-        return self._portable_step(x)
-
-    def _portable_step(self, x: torch.Tensor) -> torch.Tensor:
-        """One synchronised training call on a device without SyncBatchNorm (the CPU)."""
+        group = self._group() if self.training and dist.is_available() and dist.is_initialized() else None
+        if group is None or dist.get_world_size(group) < 2:
+            return nn.BatchNorm2d.forward(self, x)
         self._check_input_dim(x)
+        factor = 0.0
+        if self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        if x.device.type == 'cuda':
+            running = (self.running_mean, self.running_var) if self.track_running_stats else (None, None)
+            return _TorchSyncBatchNorm.apply(x, self.weight, self.bias, *running, self.eps, factor,
+                                             group, dist.get_world_size(group))
+        return self._portable_step(x, factor, group)
+
+    def _portable_step(self, x: torch.Tensor, factor: float, group) -> torch.Tensor:
+        """One synchronised training call on a device without torch's kernels (the CPU)."""
         c = self.num_features
         dims = [0, *range(2, x.dim())]
         local = torch.cat([x.mean(dims), x.var(dims, unbiased=False),
                            x.new_full((1,), x.numel() // c)])
-        rows = _GatherStats.apply(local, self._group())                # [K, 2C + 1]
+        rows = _GatherStats.apply(local, group)                        # [K, 2C + 1]
         counts = rows[:, -1:].detach()
         total = counts.sum()
         mean = (counts * rows[:, :c]).sum(0) / total
         var = (counts * (rows[:, c:2 * c] + (rows[:, :c] - mean) ** 2)).sum(0) / total
         if self.track_running_stats:
             with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
                 self.running_mean.mul_(1 - factor).add_(mean.detach(), alpha=factor)
                 self.running_var.mul_(1 - factor).add_(var.detach() * (total / (total - 1)), alpha=factor)
         shape = (1, c) + (1,) * (x.dim() - 2)

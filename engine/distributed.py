@@ -308,9 +308,12 @@ class Context:
             if args.device.index is not None:
                 raise UsageError(f'{args.device}: under torchrun each process uses cuda:LOCAL_RANK; '
                                  f'give --device cuda (or nothing) instead of -gpu / --device cuda:ID')
-            if self.local_rank >= torch.cuda.device_count():
-                raise UsageError(f'{self.local_world_size} processes on this node but only '
-                                 f'{torch.cuda.device_count()} CUDA device(s)')
+            if self.local_world_size > torch.cuda.device_count():
+                error = UsageError(f'{self.local_world_size} processes on this node but only '
+                                   f'{torch.cuda.device_count()} CUDA device(s)')
+                if self.local_rank == 0 and not self.is_main:      # another node: rank 0 cannot say it
+                    print(f'rank {self.rank}: {error}', file=sys.stderr)
+                raise error
             args.device = torch.device('cuda', self.local_rank)
             torch.cuda.set_device(args.device)
         if not self.is_main:

@@ -2,6 +2,7 @@
 processes against one (README, "Several GPUs or machines")."""
 import json
 import os
+import signal
 import subprocess
 import sys
 from argparse import Namespace
@@ -204,3 +205,25 @@ def test_one_process_context_changes_nothing():
     ctx.share_cores(args)
     assert args.threads is None
     assert ctx.mean(0.5, 2.0) == [0.5, 2.0]
+
+
+def test_sigterm_stops_every_process_after_an_intact_checkpoint(tmp_path):
+    """SIGTERM to torchrun, which passes it on: rank 0 says one line, the run resumes."""
+    argv = ['-m', 'grad', '-s', '0.95', '-N', '200', '--train-size', '1024', *FAST, '--dump-dir', tmp_path]
+    env = {k: v for k, v in os.environ.items() if k not in ('WORLD_SIZE', 'RANK', 'LOCAL_RANK')}
+    proc = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node',
+                             '2', str(MNIST), *map(str, argv)], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for line in proc.stdout:
+            if line.startswith('epoch 1: test_acc'):
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    ours = [line for line in err.splitlines() if line.startswith('mnist.py:')]
+    assert len(ours) == 1 and 'interrupted by SIGTERM' in ours[0], err
+    done = _ok(torchrun(MNIST, *argv[:4], '-N', '0', *argv[6:]))
+    assert 'epochs 0..' in done.stdout and 'are done; raise -N to train longer' in done.stdout

@@ -74,25 +74,28 @@ def main(exp: Experiment, argv: Sequence[str] | None = None, datasets=None) -> i
         run = None
         with safety.interrupts_raise():
             try:
-                run = Run(exp, args, datasets if datasets is not None else exp.load_datasets(args))
-                with dist.run_lock(run.model_dir):
-                    dist.resume(run)
-                    run.train()
-                return 0
+                try:
+                    run = Run(exp, args, datasets if datasets is not None else exp.load_datasets(args))
+                    with dist.run_lock(run.model_dir):
+                        dist.resume(run)
+                        run.train()
+                    return 0
+                except RuntimeError as err:
+                    if not safety.worker_interrupted(err):
+                        raise
+                    return _stopped(exp, run, 'interrupted (a data-loader worker was killed)',
+                                    command, safety.EXIT_STATUS[signal.SIGINT], dist)
+                except safety.NonFinite as err:
+                    dist.say(f'{exp.prog}: stopped at epoch {run.epoch}: {err}; nothing of epoch '
+                             f'{run.epoch} was saved; {run.last_good()}')
+                    return 1
+                except (SaveError, distributed.RanksDiverged) as err:
+                    dist.say(f'{exp.prog}: stopped at epoch {run.epoch}: {err}; {run.last_good()}')
+                    return 1
+            # Outside: also a signal that arrives while another error is handled (under
+            # torchrun, a collective fails when a peer that got the signal first has ended).
             except safety.Interrupted as sig:
                 return _stopped(exp, run, f'interrupted by {sig}', command, sig.exit_status, dist)
-            except RuntimeError as err:
-                if not safety.worker_interrupted(err):
-                    raise
-                return _stopped(exp, run, 'interrupted (a data-loader worker was killed)',
-                                command, safety.EXIT_STATUS[signal.SIGINT], dist)
-            except safety.NonFinite as err:
-                dist.say(f'{exp.prog}: stopped at epoch {run.epoch}: {err}; nothing of epoch {run.epoch} '
-                         f'was saved; {run.last_good()}')
-                return 1
-            except (SaveError, distributed.RanksDiverged) as err:
-                dist.say(f'{exp.prog}: stopped at epoch {run.epoch}: {err}; {run.last_good()}')
-                return 1
     except UsageError as err:
         dist.say(f'{exp.prog}: error: {err}')
         return 2

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -324,11 +325,16 @@ class Context:
         self.device = args.device
 
     def close(self) -> None:
-        """Leave the process group (if this process joined one) and restore stdout."""
+        """Leave the process group (if this process joined one) and restore stdout.
+
+        Under torchrun, SIGTERM is ignored from here on: when one rank ends (e.g. exit status
+        2 or 1), torchrun sends SIGTERM to the others, which are ending too and should report
+        their own status rather than -15."""
         global _current
         _current = Context()
         if not self.active:
             return
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if dist.is_initialized():
             dist.destroy_process_group()
         streams = getattr(self, '_streams', None)

@@ -32,7 +32,7 @@ class Run(Checkpointing):
         if self.device.type == 'cuda' and self.device.index is not None:
             torch.cuda.set_device(self.device)     # pinned memory and kernels on -gpu ID too
         ckpt_io.seed_everything(args.seed)
-        self.model = self.dist.prepare_model(exp.build_model(args).to(self.device), getattr(args, 'sync_bn', False))
+        self.model = self.dist.prepare_model(exp.build_model(args).to(self.device), args.sync_bn)
         self.optimizers = make_optimizers(args, self.model)
         self.forward = self.dist.wrap(self.model, args.compile)
         if args.data_pipeline == 'released':

@@ -25,6 +25,7 @@ Everything is a no-op in a single process (``Context()``, :func:`current` outsid
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import signal
 import sys
@@ -213,6 +214,14 @@ class SharedWatch(safety.NonFiniteWatch):
 
 
 # ---------------------------------------------------------------- the run's view of its ranks
+
+_NO_FORWARD_BUFFER_SYNC = ({'forward_sync_buffers': False}
+                           if 'forward_sync_buffers' in inspect.signature(nn.parallel.DistributedDataParallel).parameters
+                           else {'broadcast_buffers': False})
+"""DistributedDataParallel's option that keeps it from copying rank 0's buffers at every
+forward: ``forward_sync_buffers`` where torch has it (``broadcast_buffers`` is deprecated),
+else ``broadcast_buffers``."""
+
 
 def _derived_seed(*keys: int) -> int:
     """A 32-bit seed from integers (NumPy's SeedSequence: independent streams per key)."""
@@ -409,7 +418,7 @@ class Context:
         or ``model`` itself in one process."""
         if self.active:
             device_ids = [self.device.index] if self.device.type == 'cuda' else None
-            model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+            model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **_NO_FORWARD_BUFFER_SYNC)
         return torch.compile(model) if compile else model
 
     def start_epoch(self, epoch: int, seed: int) -> None:

@@ -41,6 +41,22 @@ def syncbn_inputs():
     return x, r, 1.0 + 0.1 * torch.randn(c, generator=g), 0.1 * torch.randn(c, generator=g)
 
 
+def train_twice(bn, x: torch.Tensor, r: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
+    """Set ``bn``'s affine parameters to ``weight`` and ``bias``, then make two training
+    calls on x [T, N, C, H, W], each followed by a backward of sum(y * r). Returns the
+    second call's output y and input gradient (both like x); ``bn`` keeps the second
+    call's parameter gradients."""
+    with torch.no_grad():
+        bn.weight.copy_(weight)
+        bn.bias.copy_(bias)
+    for _ in range(2):
+        bn.zero_grad()
+        xs = x.clone().requires_grad_(True)
+        y = bn(xs)
+        (y * r).sum().backward()
+    return y.detach(), xs.grad
+
+
 def syncbn_check(out: str) -> int:
     """Two training calls of a multi-step :class:`StepwiseSyncBatchNorm2d` on this rank's
     contiguous slice of the global batch, each followed by a backward of sum(y * R); rank 0
@@ -52,19 +68,12 @@ def syncbn_check(out: str) -> int:
     per = x.shape[1] // k
     part = slice(rank * per, (rank + 1) * per)
     bn = StepwiseSyncBatchNorm2d(x.shape[2], step_mode='m')
-    with torch.no_grad():
-        bn.weight.copy_(weight)
-        bn.bias.copy_(bias)
-    for _ in range(2):
-        bn.zero_grad()
-        xs = x[:, part].clone().requires_grad_(True)
-        y = bn(xs)
-        (y * r[:, part]).sum().backward()
+    y, x_grad = train_twice(bn, x[:, part], r[:, part], weight, bias)
     grads = torch.stack([bn.weight.grad, bn.bias.grad])
     dist.all_reduce(grads)
     ys, gxs = [torch.empty_like(y) for _ in range(k)], [torch.empty_like(y) for _ in range(k)]
-    dist.all_gather(ys, y.detach().contiguous())
-    dist.all_gather(gxs, xs.grad.contiguous())
+    dist.all_gather(ys, y.contiguous())
+    dist.all_gather(gxs, x_grad.contiguous())
     if rank == 0:
         torch.save({'running_mean': bn.running_mean, 'running_var': bn.running_var,
                     'num_batches_tracked': bn.num_batches_tracked, 'y': torch.cat(ys, 1),

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from c10.model import CIFAR10SNN, StepwiseBatchNorm2d
-from ddp_launch import syncbn_inputs
+from ddp_launch import syncbn_inputs, train_twice
 from engine.distributed import Context, StepwiseSyncBatchNorm2d, convert_sync_batchnorm
 from engine.optimizers import synapses
 from helpers import REPO, read_metrics, run_script
@@ -144,17 +144,10 @@ def test_sync_bn_per_time_step_equals_one_process_on_the_global_batch(tmp_path):
     got = torch.load(tmp_path / 'out.pt', weights_only=True)
     x, r, weight, bias = syncbn_inputs()
     ref = StepwiseBatchNorm2d(x.shape[2], step_mode='m')
-    with torch.no_grad():
-        ref.weight.copy_(weight)
-        ref.bias.copy_(bias)
-    for _ in range(2):
-        ref.zero_grad()
-        xs = x.clone().requires_grad_(True)
-        y = ref(xs)
-        (y * r).sum().backward()
+    y, x_grad = train_twice(ref, x, r, weight, bias)
     assert int(got['num_batches_tracked']) == int(ref.num_batches_tracked) == 2 * x.shape[0]
     for key, want in (('running_mean', ref.running_mean), ('running_var', ref.running_var),
-                      ('y', y), ('x_grad', xs.grad), ('weight_grad', ref.weight.grad),
+                      ('y', y), ('x_grad', x_grad), ('weight_grad', ref.weight.grad),
                       ('bias_grad', ref.bias.grad)):
         torch.testing.assert_close(got[key], want.detach(), rtol=1e-5, atol=1e-5, msg=key)
 

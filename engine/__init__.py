@@ -11,6 +11,7 @@ everything else. Modules, by concern:
 - ``engine.checkpoint``: checkpoints, generator states, ``metrics.jsonl`` after a crash;
 - ``engine.logs``: TensorBoard, the per-epoch record and the console lines;
 - ``engine.safety``: the run's lock, SIGINT/SIGTERM, the NaN/Inf watch;
+- ``engine.distributed``: one run over several torchrun processes (DistributedDataParallel);
 - ``engine.run``: one run, trained epoch by epoch, resumed, tested.
 
 Conventions follow ``docs/method.md``, "Experiment conventions".

@@ -11,6 +11,7 @@ everything else. Modules, by concern:
 - ``engine.checkpoint``: checkpoints, generator states, ``metrics.jsonl`` after a crash;
 - ``engine.logs``: TensorBoard, the per-epoch record and the console lines;
 - ``engine.safety``: the run's lock, SIGINT/SIGTERM, the NaN/Inf watch;
+- ``engine.distributed``: one run over several torchrun processes (DistributedDataParallel);
 - ``engine.run``: one run, trained epoch by epoch, resumed, tested.
 
 Conventions follow ``docs/method.md``, "Experiment conventions".
@@ -33,7 +34,7 @@ warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated',
 # CUDA runtime is found: true, and nothing to act on.
 logging.getLogger('torch.utils.cpp_extension').setLevel(logging.ERROR)
 
-from engine import safety  # noqa: E402
+from engine import distributed, safety  # noqa: E402
 from engine.checkpoint import (CheckpointError, SaveError, atomic_copy, atomic_save,  # noqa: E402
                                load_checkpoint, read_checkpoint)
 from engine.cli import (DEFAULT_SEED, MODES, REPO_ROOT, Experiment, UsageError,  # noqa: E402
@@ -57,12 +58,19 @@ def main(exp: Experiment, argv: Sequence[str] | None = None, datasets=None) -> i
     a checkpoint could not be written (the last good checkpoint is kept and named);
     130 / 143 on SIGINT / SIGTERM during training (the last finished epoch's checkpoint is
     intact; the line gives the command that resumes).
+
+    Under torchrun (``engine.distributed``) every process calls it and returns its own status;
+    only rank 0 prints the lines. A ``-b`` that the number of processes does not divide is a
+    usage error (2); processes whose weights differ after an epoch stop with 1.
     """
     parser = build_parser(exp)
     args = parser.parse_args(argv)
     command = shlex.join([exp.prog, *(sys.argv[1:] if argv is None else argv)])
+    dist = distributed.Context.from_env()
     try:
+        dist.share_cores(args)
         validate(args)
+        dist.start(args)
         torch.set_num_threads(args.threads)
         if args.test:
             _check_test_source(args)
@@ -71,28 +79,33 @@ def main(exp: Experiment, argv: Sequence[str] | None = None, datasets=None) -> i
         run = None
         with safety.interrupts_raise():
             try:
-                run = Run(exp, args, datasets if datasets is not None else exp.load_datasets(args))
-                with safety.RunLock(run.model_dir):
-                    run.resume()
-                    run.train()
-                return 0
+                try:
+                    run = Run(exp, args, datasets if datasets is not None else exp.load_datasets(args))
+                    with dist.run_lock(run.model_dir):
+                        dist.resume(run)
+                        run.train()
+                    return 0
+                except RuntimeError as err:
+                    if not safety.worker_interrupted(err):
+                        raise
+                    return _stopped(exp, run, 'interrupted (a data-loader worker was killed)',
+                                    command, safety.EXIT_STATUS[signal.SIGINT], dist)
+                except safety.NonFinite as err:
+                    dist.say(f'{exp.prog}: stopped at epoch {run.epoch}: {err}; nothing of epoch '
+                             f'{run.epoch} was saved; {run.last_good()}')
+                    return 1
+                except (SaveError, distributed.RanksDiverged) as err:
+                    dist.say(f'{exp.prog}: stopped at epoch {run.epoch}: {err}; {run.last_good()}')
+                    return 1
+            # Outside: also a signal that arrives while another error is handled (under
+            # torchrun, a collective fails when a peer that got the signal first has ended).
             except safety.Interrupted as sig:
-                return _stopped(exp, run, f'interrupted by {sig}', command, sig.exit_status)
-            except RuntimeError as err:
-                if not safety.worker_interrupted(err):
-                    raise
-                return _stopped(exp, run, 'interrupted (a data-loader worker was killed)',
-                                command, safety.EXIT_STATUS[signal.SIGINT])
-            except safety.NonFinite as err:
-                print(f'{exp.prog}: stopped at epoch {run.epoch}: {err}; nothing of epoch {run.epoch} '
-                      f'was saved; {run.last_good()}', file=sys.stderr)
-                return 1
-            except SaveError as err:
-                print(f'{exp.prog}: stopped at epoch {run.epoch}: {err}; {run.last_good()}', file=sys.stderr)
-                return 1
+                return _stopped(exp, run, f'interrupted by {sig}', command, sig.exit_status, dist)
     except UsageError as err:
-        print(f'{exp.prog}: error: {err}', file=sys.stderr)
+        dist.say(f'{exp.prog}: error: {err}')
         return 2
+    finally:
+        dist.close()
 
 
 def _check_test_source(args) -> None:
@@ -107,9 +120,8 @@ def _check_test_source(args) -> None:
                          f'{args.dump_dir / "models"}; train it first (same flags without -test)')
 
 
-def _stopped(exp: Experiment, run, what: str, command: str, status: int) -> int:
-    """The one line of an interrupted run; returns ``status``."""
+def _stopped(exp: Experiment, run, what: str, command: str, status: int, dist) -> int:
+    """The one line of an interrupted run (rank 0's); returns ``status``."""
     kept = run.last_good() if run is not None else 'nothing was written'
-    print(f'{exp.prog}: {what}; {kept}; to resume, run the same command again: {command}',
-          file=sys.stderr)
+    dist.say(f'{exp.prog}: {what}; {kept}; to resume, run the same command again: {command}')
     return status

@@ -135,6 +135,10 @@ def build_parser(exp: Experiment) -> argparse.ArgumentParser:
                    help="resume training (or -test) from this checkpoint file instead of the run's own")
     p.add_argument('--test-size', type=int, default=None, metavar='K',
                    help='evaluate on the first K test samples only (named in the run)')
+    p.add_argument('--sync-bn', action='store_true',
+                   help='under torchrun: BatchNorm normalises each time step with the statistics '
+                        'of the whole global batch over all processes (default: each process its '
+                        'own b/K samples); nothing changes in one process')
     return p
 
 

@@ -150,19 +150,21 @@ class DevicePipeline:
                      for x, y in zip(test_x.split(args.eval_batch), test_y.split(args.eval_batch))]
         self.generator = torch.Generator().manual_seed(args.seed)
         self.settings = {'data_pipeline': self.name}
+        self.shard = slice(None)    # the part of each batch this process trains (engine.distributed)
 
     @property
     def steps_per_epoch(self) -> int:
         return len(self.train_x) // self.b
 
     def train_batches(self, epoch: int):
-        """The training batches of ``epoch``: (normalised images [b, C, H, W], labels [b])."""
+        """The training batches of ``epoch``: (normalised images [b, C, H, W], labels [b]);
+        only the columns ``self.shard`` of each batch (all by default)."""
         n = len(self.train_x)
         order = torch.randperm(n, generator=self.generator).to(self.device)
         u = None
         if self.augment is not None:
             u = epoch_draws(self.seed, epoch, n, self.augment.draws).to(self.device, torch.float32)
-        for batch in order[:self.steps_per_epoch * self.b].view(-1, self.b):
+        for batch in order[:self.steps_per_epoch * self.b].view(-1, self.b)[:, self.shard]:
             x = self.train_x[batch]
             if u is not None:
                 x = self.augment.apply(x, u[batch])

@@ -117,9 +117,13 @@ class FiringRateMonitor:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, desc: str = 'test',
-             amp: bool = False):
+             amp: bool = False, reduce=None):
     """Evaluate ``model`` on ``loader`` in evaluation mode, without gradients (under bfloat16
     autocast with ``amp``).
+
+    ``reduce(correct, monitor)``, when given, returns the correct count summed over the
+    processes of a distributed run and sums the monitor's counts in place
+    (``engine.distributed.Context.reduce_evaluation``).
 
     Returns:
         ``(accuracy, rates)``: the fraction of samples whose arg-max output firing rate (=
@@ -134,4 +138,6 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, desc: s
                 correct += (model(img).argmax(1) == label).sum()
             monitor.count_samples(label.numel())
             functional.reset_net(model)
+    if reduce is not None:
+        correct = reduce(correct, monitor)
     return int(correct) / monitor.samples, monitor.results()

@@ -31,8 +31,10 @@ def make_synapse_optimizer(args: argparse.Namespace, params) -> torch.optim.Opti
     if args.m == 'grad':
         return GradRewiring(params, lr=args.lr, alpha=args.penalty, s=args.s, compiled=compiled)
     if args.m == 'deep':
-        # Draws on the run's device (args.device, a torch.device after validate()).
-        generator = torch.Generator(device=args.device).manual_seed(args.seed)
+        # Draws on the run's device (args.device, a torch.device after validate()); under
+        # torchrun on the CPU, so that every process draws the same numbers.
+        on = 'cpu' if getattr(args, 'distributed', False) else args.device
+        generator = torch.Generator(device=on).manual_seed(args.seed)
         return DeepRewiring(params, lr=args.lr, T=0, l1=args.penalty, max_s=args.s, soft=args.soft,
                             regrowth=args.deepr_regrowth, generator=generator, compiled=compiled)
     return torch.optim.Adam(params, lr=args.lr)

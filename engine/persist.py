@@ -80,7 +80,7 @@ class Checkpointing:
                 raise UsageError(f'--resume-from: {err}') from None
             raise UsageError(f'no usable checkpoint of run {self.name}: {err}; resume from another '
                              f'file with --resume-from PATH (e.g. a numbered checkpoint-<epoch>.pt)') from None
-        if failures:
+        if failures and self.dist.is_main:      # one line, from rank 0 of a distributed run
             print(f'{self.exp.prog}: {"; ".join(failures)}; using {path} (epoch {ckpt["epoch"]}) instead',
                   file=sys.stderr)
         return path, ckpt

@@ -7,7 +7,7 @@ import time
 import torch
 
 from engine import checkpoint as ckpt_io
-from engine import safety
+from engine import distributed
 from engine.cli import Experiment, run_name
 from engine.data import DevicePipeline, ReleasedPipeline
 from engine.logs import epoch_line, log_epoch, print_test_report, resumed_writer
@@ -28,32 +28,35 @@ class Run(Checkpointing):
         self.log_dir = args.dump_dir / 'logs' / self.name
         self.model_dir = args.dump_dir / 'models' / self.name
         self.checkpoint = self.model_dir / 'checkpoint.pt'
+        self.dist = distributed.current()
         if self.device.type == 'cuda' and self.device.index is not None:
             torch.cuda.set_device(self.device)     # pinned memory and kernels on -gpu ID too
         ckpt_io.seed_everything(args.seed)
-        self.model = exp.build_model(args).to(self.device)
+        self.model = self.dist.prepare_model(exp.build_model(args).to(self.device), args.sync_bn)
         self.optimizers = make_optimizers(args, self.model)
-        self.forward = torch.compile(self.model) if args.compile else self.model
+        self.forward = self.dist.wrap(self.model, args.compile)
         if args.data_pipeline == 'released':
             self.data = ReleasedPipeline(datasets, args)
         else:
             self.data = DevicePipeline(datasets, args, exp.augment, exp.mean, exp.std)
+        self.dist.shard_data(self.data, args)
         self.epoch, self.step, self.best_acc = 0, 0, 0.0
 
     def train(self) -> None:
         """Train epochs up to -N after :meth:`resume`, testing, logging and checkpointing
-        after each."""
-        args = self.args
+        after each. Only rank 0 of a distributed run writes files."""
+        args, main = self.args, self.dist.is_main
         if self.epoch > args.N:
             print(f'{self.name}: epochs 0..{self.epoch - 1} are done; raise -N to train longer')
             return
         if self.epoch:
             print(f'resuming {self.name} at epoch {self.epoch}')
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        write_run_info(self.log_dir, self.exp.prog, args, self.name, self.model)
-        metrics = self.log_dir / 'metrics.jsonl'
-        kept = ckpt_io.truncate_metrics(metrics, self.epoch)
-        writer = resumed_writer(self.log_dir, self.epoch, kept)
+        metrics, writer = self.log_dir / 'metrics.jsonl', distributed.NullWriter()
+        if main:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            write_run_info(self.log_dir, self.exp.prog, args, self.name, self.model)
+            kept = ckpt_io.truncate_metrics(metrics, self.epoch)
+            writer = resumed_writer(self.log_dir, self.epoch, kept)
         before = {n: linked(p) for n, p in synapses(self.model).items()}
         params = list(self.model.parameters())
         print(f'run {self.name} on {self.device}: logs {self.log_dir}, checkpoints {self.model_dir}')
@@ -62,8 +65,10 @@ class Run(Checkpointing):
                 record = self.train_and_test_epoch(writer, before, params)
                 # The metrics line before the checkpoint: a crash in between redoes the
                 # epoch, and truncate_metrics drops the line on resume.
-                ckpt_io.append_metrics(metrics, record)
-                self.save()
+                def keep():
+                    ckpt_io.append_metrics(metrics, record)
+                    self.save()
+                self.dist.on_main(keep, ckpt_io.SaveError)
                 print(epoch_line(record, self.best_acc), flush=True)
         finally:
             writer.close()
@@ -73,28 +78,33 @@ class Run(Checkpointing):
 
         Raises:
             engine.safety.NonFinite: the loss or a weight became NaN or Inf.
+            engine.distributed.RanksDiverged: the processes' weights differ.
         """
         args, train_log = self.args, []
 
         def log_train(step, acc, loss):
+            acc, loss = self.dist.mean(acc, loss)
             writer.add_scalar('train/acc', acc, step)
             writer.add_scalar('train/loss', loss, step)
             train_log.append([step, acc, loss])
 
-        watch = safety.NonFiniteWatch(params, self.step, self.device)
+        watch = self.dist.watch(params, self.step, self.device)
+        self.dist.start_epoch(self.epoch, args.seed)
         self.step, train_s = train_epoch(
             self.model, self.optimizers, self.data.train_batches(self.epoch), self.exp.num_classes,
             self.step, args.i2, log_train, f'epoch {self.epoch}/{args.N}', self.forward, args.amp, watch)
+        self.dist.after_epoch(self.model, self.epoch)
         t0 = time.perf_counter()
         sops = SynapticOpsMonitor(self.model).start() if self.epoch % args.i1 == 0 else None
-        acc, rates = evaluate(self.model, self.data.test_batches(), self.device, amp=args.amp)
+        acc, rates = evaluate(self.model, self.data.test_batches(), self.device, amp=args.amp,
+                              reduce=self.dist.reduce_evaluation)
         test_s = time.perf_counter() - t0
         self.best_acc = max(self.best_acc, acc)
         record = log_epoch(writer, self.model, self.optimizers['synapse'], self.epoch, self.step,
                            self.epoch % args.i1 == 0, acc, rates, before, train_s, test_s)
         if sops is not None:
-            record['sops'] = sops.stop()
-        return {**record, 'train': train_log}
+            record['sops'] = self.dist.reduce_sops(sops).stop()
+        return {**record, 'world_size': self.dist.world_size, 'train': train_log}
 
     def test(self) -> None:
         """Evaluate the latest checkpoint (checkpoint-prev.pt when it cannot be read, or
@@ -105,6 +115,9 @@ class Run(Checkpointing):
         """
         _, ckpt = self._load_first(self.load_model_only)
         sops = SynapticOpsMonitor(self.model).start()
-        acc, rates = evaluate(self.model, self.data.test_batches(), self.device, amp=self.args.amp)
-        print_test_report(self.name, ckpt['epoch'], self.model, acc, rates, self.model_dir)
-        print('\n'.join(sops_lines(sops.stop())))
+        acc, rates = evaluate(self.model, self.data.test_batches(), self.device, amp=self.args.amp,
+                              reduce=self.dist.reduce_evaluation)
+        sops = self.dist.reduce_sops(sops).stop()
+        if self.dist.is_main:
+            print_test_report(self.name, ckpt['epoch'], self.model, acc, rates, self.model_dir)
+            print('\n'.join(sops_lines(sops)))

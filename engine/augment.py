@@ -29,6 +29,13 @@ class Augmentation:
     apply: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def derived_seed(*keys: int, bits: int = 32) -> int:
+    """A seed of ``bits`` (32 or 64) bits from integers: NumPy's SeedSequence mixes them, so
+    each tuple of keys starts an independent stream."""
+    dtype = np.uint64 if bits == 64 else np.uint32
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype)[0])
+
+
 def epoch_draws(seed: int, epoch: int, n: int, draws: int) -> torch.Tensor:
     """Uniform numbers in [0, 1), float64 [n, draws] on the CPU: row i belongs to sample i.
 
@@ -36,8 +43,7 @@ def epoch_draws(seed: int, epoch: int, n: int, draws: int) -> torch.Tensor:
     mixes the two), so row i depends only on (seed, epoch, i, n); every process draws the
     same table.
     """
-    key = int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0])
-    generator = torch.Generator().manual_seed(key)
+    generator = torch.Generator().manual_seed(derived_seed(seed, epoch, bits=64))
     return torch.rand(n, draws, generator=generator, dtype=torch.float64)
 
 

@@ -180,3 +180,15 @@ class DevicePipeline:
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state['generator'])
+
+
+def make_pipeline(datasets: tuple[Dataset, Dataset], args: argparse.Namespace, exp):
+    """The run's data pipeline for ``--data-pipeline``: :class:`DevicePipeline` with the
+    experiment's augmentation and normalisation, or :class:`ReleasedPipeline`.
+
+    Raises:
+        UsageError: the training set is smaller than one batch.
+    """
+    if args.data_pipeline == 'released':
+        return ReleasedPipeline(datasets, args)
+    return DevicePipeline(datasets, args, exp.augment, exp.mean, exp.std)

@@ -104,3 +104,31 @@ def resumed_writer(log_dir, epoch: int, kept: list[dict]) -> SummaryWriter:
                 writer.add_scalar('train/acc', acc, step)
                 writer.add_scalar('train/loss', loss, step)
     return writer
+
+
+class NullWriter:
+    """A TensorBoard writer that writes nothing (ranks > 0)."""
+
+    def add_scalar(self, *args, **kwargs) -> None:
+        pass
+
+    add_histogram = add_scalar
+
+    def flush(self) -> None:
+        pass
+
+    close = flush
+
+
+class NotATerminal:
+    """A stream wrapper whose ``isatty()`` is False: progress bars stay off on ranks > 0,
+    while tracebacks still reach the stream."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)

@@ -9,8 +9,8 @@ import torch
 from engine import checkpoint as ckpt_io
 from engine import distributed
 from engine.cli import Experiment, run_name
-from engine.data import DevicePipeline, ReleasedPipeline
-from engine.logs import epoch_line, log_epoch, print_test_report, resumed_writer
+from engine.data import make_pipeline
+from engine.logs import NullWriter, epoch_line, log_epoch, print_test_report, resumed_writer
 from engine.loop import train_epoch
 from engine.metrics import evaluate, linked
 from engine.optimizers import make_optimizers, synapses
@@ -35,10 +35,7 @@ class Run(Checkpointing):
         self.model = self.dist.prepare_model(exp.build_model(args).to(self.device), args.sync_bn)
         self.optimizers = make_optimizers(args, self.model)
         self.forward = self.dist.wrap(self.model, args.compile)
-        if args.data_pipeline == 'released':
-            self.data = ReleasedPipeline(datasets, args)
-        else:
-            self.data = DevicePipeline(datasets, args, exp.augment, exp.mean, exp.std)
+        self.data = make_pipeline(datasets, args, exp)
         self.dist.shard_data(self.data, args)
         self.epoch, self.step, self.best_acc = 0, 0, 0.0
 
@@ -51,7 +48,7 @@ class Run(Checkpointing):
             return
         if self.epoch:
             print(f'resuming {self.name} at epoch {self.epoch}')
-        metrics, writer = self.log_dir / 'metrics.jsonl', distributed.NullWriter()
+        metrics, writer = self.log_dir / 'metrics.jsonl', NullWriter()
         if main:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             write_run_info(self.log_dir, self.exp.prog, args, self.name, self.model)

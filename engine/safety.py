@@ -17,6 +17,7 @@ import socket
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from engine.cli import UsageError
 
@@ -236,3 +237,21 @@ class NonFiniteWatch:
         first = int(self.first.item())
         if first >= 0:
             raise NonFinite(first, 'loss' if int(self.kind.item()) == self.LOSS else 'weights')
+
+
+class SharedWatch(NonFiniteWatch):
+    """``engine.NonFiniteWatch`` whose :meth:`check` reads every rank's flag (one
+    all-gather), so that all ranks stop at the same check point, naming the first bad step
+    over the ranks."""
+
+    def check(self) -> None:
+        """Raises:
+            engine.NonFinite: the loss or a weight of some rank became NaN or Inf.
+        """
+        mine = torch.stack([self.first, self.kind])
+        rows = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+        dist.all_gather(rows, mine)
+        bad = [(int(f), int(k)) for f, k in torch.stack(rows).tolist() if f >= 0]
+        if bad:
+            first, kind = min(bad)
+            raise NonFinite(first, 'loss' if kind == self.LOSS else 'weights')

@@ -12,7 +12,8 @@ import torch
 
 from c10.model import CIFAR10SNN, StepwiseBatchNorm2d
 from ddp_launch import syncbn_inputs, train_twice
-from engine.distributed import Context, StepwiseSyncBatchNorm2d, convert_sync_batchnorm
+from engine.distributed import Context
+from engine.syncbn import StepwiseSyncBatchNorm2d, convert_sync_batchnorm
 from engine.optimizers import synapses
 from helpers import REPO, read_metrics, run_script
 from mnist import mnist

@@ -149,7 +149,8 @@ def run_all(configs: list[tuple[str, list[str]]], gpus: list[int] | None) -> lis
                 return
             if device is not None:
                 cmd = cmd + ['--device', device]
-            print(f'{PROG}: [{i + 1}/{len(configs)}] {shlex.join(cmd)}', flush=True)
+            with lock:      # workers print at once: one whole line each
+                print(f'{PROG}: [{i + 1}/{len(configs)}] {shlex.join(cmd)}', flush=True)
             code = subprocess.run(cmd, cwd=REPO).returncode
             if code != 0:
                 with lock:

@@ -82,7 +82,7 @@ def grad_r_update(w, sign, theta, m, v_sqrt, step, bc2_sqrt, eps, mu, prior_step
         mu: the prior's location; prior_step: `-step * alpha`; prior: whether step 3 applies.
 
     `theta` and `w` are overwritten with the new strength and weights. The float operations
-    are those of the spec's steps, in order, so that a compiled kernel gives the same bits.
+    are those of the steps above, in order, so that a compiled kernel gives the same bits.
     """
     u = sign * theta - adam_term(m, v_sqrt, step, bc2_sqrt, eps)
     if prior:

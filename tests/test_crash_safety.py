@@ -349,13 +349,13 @@ def test_sigint_and_sigterm_end_the_run_cleanly(tmp_path, signum, status, worker
 
 
 def test_sigkill_at_fixed_moments_resumes_to_the_same_result(tmp_path, monkeypatch):
-    """Three SIGKILLs (1 s into training, inside epoch 0's save, 2.5 s into the training of
+    """Three SIGKILLs (0.2 s into training, inside epoch 0's save, 2.5 s into the training of
     the resumed run) of the benchmark's run, then a run to the end: equal to an
     uninterrupted run. (The last kill may come after the run's end on a fast machine.)"""
     flags = [*kill_resume.FLAGS]
     flags[flags.index('-N') + 1] = '2'
     kill_resume.run_to_end(tmp_path / 'reference', 0.0, flags)
-    moments = [('time', 1.0), ('save', 0.5), ('time', 2.5)]
+    moments = [('time', 0.2), ('save', 0.5), ('time', 2.5)]
     landed = kill_resume.interrupted_run(tmp_path / 'killed', moments, 0.5, flags)
     assert landed[:2] == ['training', 'save']
     assert kill_resume.same_result(tmp_path / 'reference', tmp_path / 'killed')

@@ -121,7 +121,7 @@ class RewiringMixin:
             The closure's loss, or None.
 
         Raises:
-            RuntimeError: a sparse gradient (see `adam_step`).
+            RuntimeError: a sparse gradient (see `adam_moments`).
         """
         loss = None
         if closure is not None:
@@ -185,10 +185,3 @@ def adam_term(m, v_sqrt, step, bc2_sqrt, eps):
     """`step * adam = (m * step) / (sqrt(v) / bc2_sqrt + eps)`, in torch.optim.Adam's float
     operations (docs/method.md, "Notation"); the scalars may be Python floats or 0-dim tensors."""
     return (m * step) / (v_sqrt / bc2_sqrt + eps)
-
-
-def adam_step(p, state, group):
-    """One Adam moment update of tensor `p` (docs/method.md, "Notation"); returns
-    `(step, adam_term)` (see :func:`adam_moments` and :func:`adam_term`)."""
-    step, bc2_sqrt, v_sqrt = adam_moments(p, state, group)
-    return step, adam_term(state["exp_avg"], v_sqrt, step, bc2_sqrt, group["eps"])

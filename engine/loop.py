@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from spikingjelly.activation_based import functional
 from tqdm import tqdm
 
+from engine import safety
+
 
 def train_epoch(model: nn.Module, optimizers: dict, batches: Iterable, num_classes: int,
                 step: int, i2: int, log_train: Callable[[int, float, float], None],
@@ -42,6 +44,7 @@ def train_epoch(model: nn.Module, optimizers: dict, batches: Iterable, num_class
     t0 = time.perf_counter()
     bar = tqdm(batches, desc=desc, leave=False, disable=None)
     for img, label in bar:
+        safety.poll_interrupted()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             rate = forward(img)
             loss = F.mse_loss(rate.float(), F.one_hot(label, num_classes).float())

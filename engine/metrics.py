@@ -11,6 +11,7 @@ from spikingjelly.activation_based import functional, neuron
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from engine import safety
 from engine.optimizers import non_synapses, synapses
 
 LINK_THRESHOLD = 1e-10
@@ -133,6 +134,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, desc: s
     correct = torch.zeros((), dtype=torch.long, device=device)
     with FiringRateMonitor(model) as monitor:
         for img, label in tqdm(loader, desc=desc, leave=False, disable=None):
+            safety.poll_interrupted()
             img, label = img.to(device, non_blocking=True), label.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 correct += (model(img).argmax(1) == label).sum()

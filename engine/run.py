@@ -7,7 +7,7 @@ import time
 import torch
 
 from engine import checkpoint as ckpt_io
-from engine import distributed
+from engine import distributed, safety
 from engine.cli import Experiment, run_name
 from engine.data import make_pipeline
 from engine.logs import NullWriter, epoch_line, log_epoch, print_test_report, resumed_writer
@@ -59,14 +59,15 @@ class Run(Checkpointing):
         print(f'run {self.name} on {self.device}: logs {self.log_dir}, checkpoints {self.model_dir}')
         try:
             for self.epoch in range(self.epoch, args.N + 1):
-                record = self.train_and_test_epoch(writer, before, params)
-                # The metrics line before the checkpoint: a crash in between redoes the
-                # epoch, and truncate_metrics drops the line on resume.
-                def keep():
-                    ckpt_io.append_metrics(metrics, record)
-                    self.save()
-                self.dist.on_main(keep, ckpt_io.SaveError)
-                print(epoch_line(record, self.best_acc), flush=True)
+                with safety.interrupts_deferred():      # raised between steps (safety.InterruptGuard)
+                    record = self.train_and_test_epoch(writer, before, params)
+                    # The metrics line before the checkpoint: a crash in between redoes the
+                    # epoch, and truncate_metrics drops the line on resume.
+                    def keep():
+                        ckpt_io.append_metrics(metrics, record)
+                        self.save()
+                    self.dist.on_main(keep, ckpt_io.SaveError)
+                    print(epoch_line(record, self.best_acc), flush=True)
         finally:
             writer.close()
 

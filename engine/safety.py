@@ -109,11 +109,24 @@ class Interrupted(BaseException):
 class InterruptGuard:
     """Turns SIGINT and SIGTERM into :class:`Interrupted` in the main process.
 
-    While :meth:`deferred` is active (a checkpoint being written) a signal is only noted
-    and raised when the block ends, so a save in progress always completes. In other
-    processes forked from this one (data-loader workers) the handler raises
-    KeyboardInterrupt, which the workers' loop treats as their main process's business and
-    ends quietly. Use as a context manager; the previous handlers come back on exit.
+    Outside :meth:`deferred` the handler raises at once (while data are loaded, the model
+    compiled). Inside it (a training epoch, a checkpoint being written) a signal is only
+    noted: :meth:`poll`, called between training steps and between test batches, raises it,
+    or the block's end does, so a save in progress always completes. Raised anywhere else,
+    the exception could land in a weakref callback, an at-fork hook or a ``__del__``, where
+    Python prints it as "Exception ignored" and goes on, or inside torch's hand-over of a
+    batch from a data-loader worker, whose clean-up then prints tracebacks. A second signal
+    raises at once (a stalled block stays interruptible; files are written atomically
+    anyway). An exception that leaves a deferred block after a signal came (a collective
+    whose peer was interrupted first, a data-loader worker that died of the same signal)
+    becomes the :class:`Interrupted`.
+
+    Processes forked from this one while the guard is installed (data-loader workers) move
+    to their own process group at once, so that a terminal's Ctrl-C, or a signal to the
+    run's process group, reaches only the main process, which then stops its workers in
+    order. Until they have moved, SIGINT is ignored in them and SIGTERM ends them by its
+    default action, without a Python exception that would print. Use as a context manager;
+    the previous handlers come back on exit.
     """
 
     def __init__(self):
@@ -123,12 +136,16 @@ class InterruptGuard:
         self._previous = {}
 
     def _handle(self, signum, frame):
-        if os.getpid() != self._pid:
-            raise KeyboardInterrupt
-        if self._deferring:
-            self._pending = self._pending or signum
+        if os.getpid() != self._pid:         # a forked data-loader worker, not moved yet
+            if signum == signal.SIGTERM:
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
             return
-        raise Interrupted(signum)
+        if self._deferring and self._pending is None:
+            self._pending = signum
+            return
+        self._pending = self._pending or signum
+        raise Interrupted(self._pending)
 
     def __enter__(self) -> InterruptGuard:
         for signum in EXIT_STATUS:
@@ -139,21 +156,38 @@ class InterruptGuard:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
 
+    def poll(self) -> None:
+        """A point where raising is safe: raise :class:`Interrupted` for a noted signal."""
+        if self._pending is not None:
+            raise Interrupted(self._pending)
+
     @contextlib.contextmanager
     def deferred(self):
-        """Hold signals back during the block, then raise :class:`Interrupted` for the
-        first that came (after the block completed)."""
+        """Note signals during the block; raise :class:`Interrupted` for the first at a
+        :meth:`poll` inside it or when it ends (also in place of an exception leaving it)."""
         self._deferring += 1
         try:
             yield
+        except Exception as err:
+            if self._pending is None:
+                raise
+            raise Interrupted(self._pending) from err
         finally:
             self._deferring -= 1
-        if not self._deferring and self._pending is not None:
-            signum, self._pending = self._pending, None
-            raise Interrupted(signum)
+        if not self._deferring:
+            self.poll()
 
 
 _active_guard: InterruptGuard | None = None
+
+
+def _leave_process_group() -> None:
+    """In a child forked under a guard: a process group of its own (see InterruptGuard)."""
+    if _active_guard is not None:
+        os.setpgrp()
+
+
+os.register_at_fork(after_in_child=_leave_process_group)
 
 
 @contextlib.contextmanager
@@ -169,9 +203,17 @@ def interrupts_raise():
 
 
 def interrupts_deferred():
-    """A context manager that defers SIGINT/SIGTERM while a file is written, when a guard
-    is installed; a no-op otherwise (library use, tests calling ``Run.save`` directly)."""
+    """A context manager that defers SIGINT/SIGTERM for the block (a training epoch, a file
+    being written), when a guard is installed; a no-op otherwise (library use, tests
+    calling ``Run.save`` directly)."""
     return _active_guard.deferred() if _active_guard is not None else contextlib.nullcontext()
+
+
+def poll_interrupted() -> None:
+    """Raise :class:`Interrupted` for a signal that the installed guard noted (see
+    :class:`InterruptGuard`); a no-op without a guard or signal."""
+    if _active_guard is not None:
+        _active_guard.poll()
 
 
 def worker_interrupted(err: BaseException) -> bool:

@@ -311,6 +311,86 @@ def _wait_for(condition, proc, timeout=120):
         time.sleep(0.01)
 
 
+def _signal_self(signum):
+    os.kill(os.getpid(), signum)
+    for _ in range(100):            # the handler runs at the next bytecode boundary
+        time.sleep(0)
+
+
+def test_guard_raises_at_once_outside_a_deferred_block_and_at_poll_points_inside():
+    from engine import safety
+    previous = signal.getsignal(signal.SIGINT)
+    with safety.interrupts_raise():
+        with pytest.raises(safety.Interrupted) as raised:
+            _signal_self(signal.SIGTERM)
+        assert raised.value.exit_status == 143
+    with safety.interrupts_raise():
+        reached = []
+        with pytest.raises(safety.Interrupted) as raised:
+            with safety.interrupts_deferred():
+                _signal_self(signal.SIGINT)
+                reached.append('after the signal')       # noted, not raised
+                with safety.interrupts_deferred():       # a save inside the epoch completes
+                    reached.append('nested block')
+                reached.append('after the nested block')
+                safety.poll_interrupted()
+                reached.append('after the poll')
+        assert reached == ['after the signal', 'nested block', 'after the nested block']
+        assert raised.value.exit_status == 130
+    with safety.interrupts_raise():
+        with pytest.raises(safety.Interrupted) as raised:   # raised when the block ends
+            with safety.interrupts_deferred():
+                _signal_self(signal.SIGINT)
+        assert raised.value.signum == signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) is previous      # the handlers come back
+
+
+def test_guard_a_second_signal_raises_inside_a_deferred_block_and_an_error_after_a_signal_is_the_interrupt():
+    from engine import safety
+    with safety.interrupts_raise():
+        reached = []
+        with pytest.raises(safety.Interrupted) as raised:
+            with safety.interrupts_deferred():
+                _signal_self(signal.SIGTERM)
+                reached.append('first')
+                _signal_self(signal.SIGINT)
+                reached.append('second')
+        assert reached == ['first'] and raised.value.signum == signal.SIGTERM
+    with safety.interrupts_raise():
+        with pytest.raises(safety.Interrupted) as raised:
+            with safety.interrupts_deferred():
+                _signal_self(signal.SIGINT)
+                raise RuntimeError('DataLoader worker (pid 1) is killed by signal: Interrupt.')
+        assert isinstance(raised.value.__cause__, RuntimeError)
+    with safety.interrupts_raise():
+        with pytest.raises(ValueError):                     # no signal: the error itself
+            with safety.interrupts_deferred():
+                raise ValueError('x')
+
+
+def test_guard_forked_children_leave_the_process_group_and_ignore_sigint_until_then():
+    from engine import safety
+    read, write = os.pipe()
+    with safety.interrupts_raise():
+        pid = os.fork()
+        if pid == 0:                                         # the child: a data-loader worker
+            try:
+                signal.getsignal(signal.SIGINT)(signal.SIGINT, None)   # ignored, no exception
+                os.write(write, f'{os.getpgrp()} {os.getpid()}'.encode())
+            finally:
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+    group, child = map(int, os.read(read, 64).split())
+    os.close(read), os.close(write)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert group == child != os.getpgrp()
+    parent_group = os.getpgrp()
+    pid = os.fork()                                          # without a guard: the group stays
+    if pid == 0:
+        os._exit(0 if os.getpgrp() == parent_group else 1)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+
 @pytest.mark.parametrize('signum, status, workers, where', [
     (signal.SIGINT, 130, '2', 'step'),       # to the process group, workers too, as Ctrl-C
     (signal.SIGTERM, 143, '0', 'save'),      # inside a save: the save completes first
@@ -332,7 +412,9 @@ def test_sigint_and_sigterm_end_the_run_cleanly(tmp_path, signum, status, worker
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == status, err
     assert 'Traceback' not in err
-    (line,) = err.strip().splitlines()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    (line,) = lines
     ckpt = engine.load_checkpoint(folder / 'checkpoint.pt')
     name = signal.Signals(signum).name
     assert line.startswith(f'mnist.py: interrupted by {name}; the last good checkpoint is '

@@ -109,10 +109,11 @@ class Interrupted(BaseException):
 class InterruptGuard:
     """Turns SIGINT and SIGTERM into :class:`Interrupted` in the main process.
 
-    Outside :meth:`deferred` the handler raises at once (while data are loaded, the model
-    compiled). Inside it (a training epoch, a checkpoint being written) a signal is only
-    noted: :meth:`poll`, called between training steps and between test batches, raises it,
-    or the block's end does, so a save in progress always completes. Raised anywhere else,
+    Outside :meth:`deferred` the handler raises at once (while data are loaded). Inside it
+    (a training epoch, a checkpoint being written) a signal is only noted: :meth:`poll`,
+    called between training steps and between test batches, raises it, or the block's end
+    does, so a save in progress always completes (and the first step, which carries the
+    compile warm-up with ``--compile``, finishes first). Raised anywhere else,
     the exception could land in a weakref callback, an at-fork hook or a ``__del__``, where
     Python prints it as "Exception ignored" and goes on, or inside torch's hand-over of a
     batch from a data-loader worker, whose clean-up then prints tracebacks. A second signal

@@ -219,8 +219,9 @@ def poll_interrupted() -> None:
 
 def worker_interrupted(err: BaseException) -> bool:
     """True when ``err`` is the RuntimeError of a DataLoader whose worker process was killed
-    by a signal or exited unexpectedly: a terminal's Ctrl-C reaches the workers too, so
-    this counts as the same interrupt."""
+    by a signal or exited unexpectedly (a signal aimed at the worker itself, the OOM
+    killer): the run stops as interrupted. (When the run's own signal came too, the
+    deferred block has already turned the error into that :class:`Interrupted`.)"""
     text = str(err)
     return isinstance(err, RuntimeError) and 'DataLoader worker' in text and (
         'killed by signal' in text or 'exited unexpectedly' in text)

@@ -10,11 +10,12 @@ from argparse import Namespace
 import numpy as np
 import pytest
 import torch
+from spikingjelly.activation_based import functional
 from torch.utils.data import TensorDataset
 
 import engine
 from c10 import c10
-from engine.data import ReleasedPipeline
+from engine.data import ReleasedPipeline, make_pipeline
 from helpers import REPO, read_metrics, run_script, tensorboard_tags
 from mnist import mnist
 
@@ -39,6 +40,10 @@ def test_mnist_epoch_has_468_steps_and_the_test_pass_every_sample(mnist_sets, tm
     data = ReleasedPipeline(mnist_sets, args)
     assert data.steps_per_epoch == 468                          # 60,000 // 128, last 96 dropped
     assert sum(len(b) for b in data.test_loader.batch_sampler) == 10_000
+    # An evaluation batch that does not divide the test set: its last partial batch is kept.
+    args = args_for(mnist.EXPERIMENT, '--device', 'cpu', '--eval-batch', '3000', '--dump-dir', str(tmp_path))
+    sizes = [len(b) for b in ReleasedPipeline(mnist_sets, args).test_loader.batch_sampler]
+    assert sizes == [3000, 3000, 3000, 1000]
 
 
 def test_a_train_size_that_b_does_not_divide_drops_the_rest(mnist_sets, tmp_path):
@@ -271,3 +276,23 @@ def test_cifar10_archive_reaches_the_network_normalised(tmp_path, monkeypatch):
         assert y == labels[7] and x.shape == (3, 32, 32)
         raw = x * std + mean
         assert min((raw - w).abs().max() for w in windows) < 1e-5
+    # What reaches the network, on each data path: normalised float32 [b, 3, 32, 32] batches
+    # (the test set in order, unaugmented) and firing rates [b, 10] out of it.
+    for pipeline in ('device', 'released'):
+        run_args = args_for(c10.EXPERIMENT, '--device', 'cpu', '-b', '4', '-T', '2', '--eval-batch', '4',
+                            '--workers', '0', '--data-pipeline', pipeline, '--dump-dir', str(tmp_path))
+        data = make_pipeline((train_set, test_set), run_args, c10.EXPERIMENT)
+        assert data.steps_per_epoch == 25                            # 100 // 4
+        x, y = next(iter(data.train_batches(0)))
+        assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and y.shape == (4,)
+        tests = list(data.test_batches())
+        assert [len(t[1]) for t in tests] == [4, 4, 2]
+        x_test = torch.cat([t[0] for t in tests])
+        expected = (torch.from_numpy(images[100:]).float() / 255 - mean) / std
+        assert torch.allclose(x_test, expected, atol=1e-6)
+        assert torch.cat([t[1] for t in tests]).tolist() == labels[100:]
+        model = c10.EXPERIMENT.build_model(run_args).eval()
+        with torch.no_grad():
+            rate = model(x)
+        functional.reset_net(model)
+        assert rate.shape == (4, 10) and ((rate >= 0) & (rate <= 1)).all()

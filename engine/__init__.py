@@ -77,6 +77,7 @@ def main(exp: Experiment, argv: Sequence[str] | None = None, datasets=None) -> i
             Run(exp, args, datasets if datasets is not None else exp.load_datasets(args)).test()
             return 0
         run = None
+        dist.check_unlocked(args.dump_dir / 'models' / run_name(args))
         with safety.interrupts_raise():
             try:
                 try:

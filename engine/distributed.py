@@ -37,13 +37,11 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from engine import checkpoint as ckpt_io
-from engine import safety
+from engine import checkpoint as ckpt_io, safety
 from engine.cli import UsageError
 from engine.augment import derived_seed
 from engine.data import DevicePipeline, make_loader
 from engine.logs import NotATerminal
-from engine.safety import SharedWatch
 from engine.syncbn import convert_sync_batchnorm
 
 
@@ -254,8 +252,8 @@ class Context:
                                 f'{epoch} (checksums {", ".join(repr(s) for s in sums)})')
 
     def watch(self, params, step: int, device: torch.device) -> safety.NonFiniteWatch:
-        """The NaN/Inf watch: :class:`SharedWatch` under torchrun."""
-        return (SharedWatch if self.active else safety.NonFiniteWatch)(params, step, device)
+        """The NaN/Inf watch: :class:`engine.safety.SharedWatch` under torchrun."""
+        return (safety.SharedWatch if self.active else safety.NonFiniteWatch)(params, step, device)
 
     # ---------------------------------------------------------------- data and evaluation
 
@@ -343,19 +341,27 @@ class Context:
         Raises:
             UsageError: the run is locked by another process (``RunLocked`` on rank 0).
         """
-        lock = safety.RunLock(model_dir) if self.is_main else None
-        error = None
-        if lock is not None:
-            try:
-                lock.acquire()
-            except safety.RunLocked as err:
-                error = err
-        self.agree(error)
+        lock = self._lock_on_main(model_dir, take=True)
         try:
             yield
         finally:
             if lock is not None:
                 lock.release()
+
+    def check_unlocked(self, model_dir: Path) -> None:
+        """Before any data is loaded: all ranks stop together when another process holds the
+        run's lock (rank 0 checks; nothing is created). Raises as :meth:`run_lock`."""
+        self._lock_on_main(model_dir, take=False)
+
+    def _lock_on_main(self, model_dir: Path, take: bool):
+        lock, error = (safety.RunLock(model_dir) if self.is_main else None), None
+        try:
+            if lock is not None:
+                lock.acquire() if take else lock.check_free()
+        except safety.RunLocked as err:
+            error = err
+        self.agree(error)
+        return lock if take else None
 
     def resume(self, run) -> None:
         """``run.resume()`` on rank 0 (which alone may repair files); the other ranks then

@@ -61,6 +61,17 @@ class RunLock:
         self._fd = fd
         return self
 
+    def check_free(self) -> None:
+        """Fail when another process holds the lock now; creates nothing and holds nothing,
+        so a second process can stop before it loads any data.
+
+        Raises:
+            RunLocked: as :meth:`acquire`.
+        """
+        if self.path.exists():
+            self.acquire()
+            self.release()
+
     def release(self) -> None:
         """Give the lock back (closing the file releases it); the file stays."""
         if self._fd is not None:

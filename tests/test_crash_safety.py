@@ -194,7 +194,7 @@ HOLD = ('import sys, time; from pathlib import Path; from engine.safety import R
         'lock = RunLock(Path(sys.argv[1])).acquire(); print("held", flush=True); time.sleep(120)')
 
 
-def test_a_second_process_on_the_same_run_stops(tmp_path, capsys):
+def test_a_second_process_on_the_same_run_stops(tmp_path, capsys, monkeypatch):
     assert train(tmp_path, '-N', '0') == 0
     metrics = (tmp_path / 'logs' / NAME / 'metrics.jsonl').read_bytes()
     holder = subprocess.Popen([sys.executable, '-c', HOLD, str(models(tmp_path))], cwd=REPO,
@@ -202,7 +202,9 @@ def test_a_second_process_on_the_same_run_stops(tmp_path, capsys):
     try:
         assert holder.stdout.readline() == 'held\n'
         capsys.readouterr()
-        assert train(tmp_path, '-N', '1') == 2
+        with monkeypatch.context() as patch:            # it stops before the data and the model
+            patch.setattr(engine, 'Run', lambda *a: pytest.fail('the run was built before the lock check'))
+            assert train(tmp_path, '-N', '1') == 2
         assert one_line(capsys) == (f'mnist.py: error: run {NAME} is being trained by process {holder.pid} '
                                     f'on host {socket.gethostname()} (lock {models(tmp_path) / "lock"}); '
                                     f'wait for it to end or stop it first')

@@ -274,15 +274,13 @@ def loading(path: Path):
                               f'{_first_sentence(err)})') from None
 
 
-def save_epoch(state: dict, latest: Path, prev: Path, prev_source: Path | None,
-               numbered: Path | None = None) -> None:
-    """Write an epoch's checkpoints, each step atomic, so that a crash anywhere leaves a
+def save_epoch(state: dict, latest: Path, prev: Path, prev_source: Path | None) -> None:
+    """Write an epoch's checkpoint, each step atomic, so that a crash anywhere leaves a
     readable ``latest`` (old or new) and ``prev``:
 
     1. ``prev`` becomes ``prev_source`` (a hard link when that is ``latest``, which step 2
        then replaces by a rename; an independent copy otherwise; nothing when None);
-    2. ``state`` is saved to ``latest``;
-    3. ``numbered``, when given, becomes an independent copy of ``latest``.
+    2. ``state`` is saved to ``latest``.
 
     Raises:
         SaveError: a write failed; the files of the steps before are complete, ``latest``
@@ -294,8 +292,6 @@ def save_epoch(state: dict, latest: Path, prev: Path, prev_source: Path | None,
         elif not (prev.exists() and os.path.samefile(prev_source, prev)):
             atomic_copy(prev_source, prev)
     atomic_save(state, latest)
-    if numbered is not None:
-        atomic_copy(latest, numbered)
 
 
 def remove_temporaries(folder: Path) -> None:

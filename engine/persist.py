@@ -122,13 +122,16 @@ class Checkpointing:
         wait until it is done.
 
         Raises:
-            SaveError: a write failed; the previous checkpoint is intact.
+            SaveError: a write failed; the previous checkpoint is intact (or, when only the
+                numbered copy failed, the new one, which ``self.saved`` names).
         """
         self.model_dir.mkdir(parents=True, exist_ok=True)
         numbered = self.model_dir / f'checkpoint-{self.epoch}.pt' if self.epoch % self.args.i1 == 0 else None
         with safety.interrupts_deferred():      # a deferred signal is raised after the update
-            ckpt_io.save_epoch(self.state(), self.checkpoint, self.prev_checkpoint, self._prev_source, numbered)
+            ckpt_io.save_epoch(self.state(), self.checkpoint, self.prev_checkpoint, self._prev_source)
             self._prev_source, self.saved = self.checkpoint, (self.checkpoint, self.epoch)
+            if numbered is not None:        # after: a failed copy still names the new checkpoint
+                ckpt_io.atomic_copy(self.checkpoint, numbered)
 
     def load_model_only(self, path):
         """``-test``'s loader: check the checkpoint at ``path`` and load its weights only.

@@ -298,6 +298,25 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, capsys, monkeypat
     assert [r['epoch'] for r in read_metrics(tmp_path / 'logs' / NAME)] == [0, 1]
 
 
+
+def test_a_failed_numbered_copy_names_the_new_checkpoint(tmp_path, capsys, monkeypatch):
+    real = engine.checkpoint.atomic_copy
+
+    def fail_copy_1(src, dst):
+        if dst.name == 'checkpoint-1.pt':
+            raise engine.SaveError(f'cannot write {dst} (No space left on device)')
+        return real(src, dst)
+
+    monkeypatch.setattr(engine.checkpoint, 'atomic_copy', fail_copy_1)
+    capsys.readouterr()
+    assert train(tmp_path, '-N', '3') == 1
+    folder = models(tmp_path)
+    assert one_line(capsys) == (f'mnist.py: stopped at epoch 1: cannot write {folder / "checkpoint-1.pt"} '
+                                f'(No space left on device); the last good checkpoint is '
+                                f'{folder / "checkpoint.pt"} (epoch 1)')
+    assert engine.load_checkpoint(folder / 'checkpoint.pt')['epoch'] == 1
+    assert engine.load_checkpoint(folder / 'checkpoint-prev.pt')['epoch'] == 0
+
 # ---------------------------------------------------------------- signals and kills (real MNIST)
 
 SUB = ['-m', 'grad', '-s', '0.95', '--train-size', '512', '--test-size', '256', '-b', '64', '-i1', '1',

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import shlex
-import signal
 import sys
 import warnings
 from typing import Sequence
@@ -55,9 +54,10 @@ def main(exp: Experiment, argv: Sequence[str] | None = None, datasets=None) -> i
     Returns the exit status, after one line on stderr for each failure:
     0 on success; 2 on a usage error before any work (no file written), a run locked by
     another process, or no usable checkpoint; 1 when the loss or a weight became NaN/Inf or
-    a checkpoint could not be written (the last good checkpoint is kept and named);
-    130 / 143 on SIGINT / SIGTERM during training (the last finished epoch's checkpoint is
-    intact; the line gives the command that resumes).
+    a checkpoint could not be written (the last good checkpoint is kept and named), or a
+    data-loader worker died of something other than SIGINT/SIGTERM; 130 / 143 on SIGINT /
+    SIGTERM during training, to the run or to a worker (the last finished epoch's
+    checkpoint is intact; the line gives the command that resumes).
 
     Under torchrun (``engine.distributed``) every process calls it and returns its own status;
     only rank 0 prints the lines. A ``-b`` that the number of processes does not divide is a
@@ -87,10 +87,14 @@ def main(exp: Experiment, argv: Sequence[str] | None = None, datasets=None) -> i
                         run.train()
                     return 0
                 except RuntimeError as err:
-                    if not safety.worker_interrupted(err):
+                    death = safety.worker_death(err)
+                    if death is None:
                         raise
-                    return _stopped(exp, run, 'interrupted (a data-loader worker was killed)',
-                                    command, safety.EXIT_STATUS[signal.SIGINT], dist)
+                    sig = safety.interrupt_of(death)
+                    if sig is not None:
+                        return _stopped(exp, run, f'interrupted (a data-loader worker got {sig.name})',
+                                        command, safety.EXIT_STATUS[sig], dist)
+                    return _stopped(exp, run, f'a data-loader worker died ({death})', command, 1, dist)
                 except safety.NonFinite as err:
                     dist.say(f'{exp.prog}: stopped at epoch {run.epoch}: {err}; nothing of epoch '
                              f'{run.epoch} was saved; {run.last_good()}')

@@ -301,13 +301,13 @@ def remove_temporaries(folder: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def set_aside(path: Path) -> Path:
-    """Rename a damaged file to ``<name>.damaged`` (``.damaged-2``, ... when taken), so that
-    it is kept for inspection and never overwritten; returns the new path."""
-    target, n = path.with_name(path.name + '.damaged'), 1
+def set_aside(path: Path, why: str = 'damaged') -> Path:
+    """Rename a file to ``<name>.<why>`` (``.<why>-2``, ... when taken), e.g. a damaged
+    checkpoint, so that it is kept for inspection and never overwritten; returns the new path."""
+    target, n = path.with_name(f'{path.name}.{why}'), 1
     while target.exists():
         n += 1
-        target = path.with_name(f'{path.name}.damaged-{n}')
+        target = path.with_name(f'{path.name}.{why}-{n}')
     os.replace(path, target)
     return target
 

@@ -7,6 +7,7 @@ uses the run's ``model``, ``optimizers``, ``data``, ``args``, ``name``, ``model_
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from engine import checkpoint as ckpt_io
@@ -43,7 +44,9 @@ class Checkpointing:
 
         When ``checkpoint.pt`` cannot be used but ``checkpoint-prev.pt`` can, says so in one
         line on stderr, sets the damaged file aside as ``checkpoint.pt.damaged`` and resumes
-        from the previous epoch (which is trained again). Deletes the temporary files of a
+        from the previous epoch (which is trained again). With ``--resume-from`` another
+        file, the run's own ``checkpoint.pt`` and ``checkpoint-prev.pt`` are kept as
+        ``<name>.replaced``, since the next saves take their names. Deletes the temporary files of a
         save that was killed, and makes the resumed epoch's numbered copy if that save did
         not get to it. Returns whether it resumed.
 
@@ -57,6 +60,10 @@ class Checkpointing:
         path, ckpt = self._load_first(self._load_training_state)
         if path == self.prev_checkpoint and self.checkpoint.exists():
             ckpt_io.set_aside(self.checkpoint)
+        elif self.args.resume_from is not None:     # the next saves would replace the run's own
+            for own in (self.checkpoint, self.prev_checkpoint):
+                if own.exists() and not os.path.samefile(own, path):
+                    print(f'{own} is kept as {ckpt_io.set_aside(own, "replaced").name}')
         self._prev_source = None if path == self.prev_checkpoint else path
         self.saved = (path, ckpt['epoch'])
         numbered = self.model_dir / f'checkpoint-{ckpt["epoch"]}.pt'

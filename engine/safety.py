@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import signal
 import socket
 from pathlib import Path
@@ -228,14 +229,24 @@ def poll_interrupted() -> None:
         _active_guard.poll()
 
 
-def worker_interrupted(err: BaseException) -> bool:
-    """True when ``err`` is the RuntimeError of a DataLoader whose worker process was killed
-    by a signal or exited unexpectedly (a signal aimed at the worker itself, the OOM
-    killer): the run stops as interrupted. (When the run's own signal came too, the
-    deferred block has already turned the error into that :class:`Interrupted`.)"""
+def worker_death(err: BaseException) -> str | None:
+    """How a DataLoader worker process died, from the RuntimeError its loader raised: the
+    signal as ``signal.strsignal`` names it ('Interrupt', 'Terminated', 'Killed',
+    'Segmentation fault', ...), or 'exited unexpectedly'; None when ``err`` is something
+    else. (When the run's own SIGINT/SIGTERM came too, the deferred block has already turned
+    the error into that :class:`Interrupted`.)"""
     text = str(err)
-    return isinstance(err, RuntimeError) and 'DataLoader worker' in text and (
-        'killed by signal' in text or 'exited unexpectedly' in text)
+    if not isinstance(err, RuntimeError) or 'DataLoader worker' not in text:
+        return None
+    killed = re.search(r'killed by signal: ([^.]+)', text)
+    if killed:
+        return killed.group(1).strip()
+    return 'exited unexpectedly' if 'exited unexpectedly' in text else None
+
+
+def interrupt_of(death: str | None) -> signal.Signals | None:
+    """SIGINT or SIGTERM when a worker died of one (see :func:`worker_death`), else None."""
+    return next((sig for sig in EXIT_STATUS if death == signal.strsignal(sig)), None)
 
 
 # ---------------------------------------------------------------- NaN and Inf

@@ -9,12 +9,14 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.data import TensorDataset
 
 import engine
+from engine import safety
 from helpers import REPO, read_metrics, run_script, tensorboard_tags
 from mnist import mnist
 
@@ -186,6 +188,20 @@ def test_neither_readable_exits_2_naming_resume_from(tmp_path, capsys):
     assert engine.load_checkpoint(folder / 'checkpoint-prev.pt')['epoch'] == 2
     assert train(tmp_path, '-N', '3', '-test', '--resume-from', folder / 'checkpoint-0.pt') == 0
     assert 'checkpoint of epoch 0' in capsys.readouterr().out
+
+
+def test_resume_from_another_file_keeps_the_runs_own_checkpoints(tmp_path, capsys):
+    assert train(tmp_path, '-N', '2', '-i1', '5') == 0             # numbered copy of epoch 0 only
+    folder = models(tmp_path)
+    latest, prev = (folder / 'checkpoint.pt').read_bytes(), (folder / 'checkpoint-prev.pt').read_bytes()
+    capsys.readouterr()
+    assert train(tmp_path, '-N', '3', '-i1', '5', '--resume-from', folder / 'checkpoint-0.pt') == 0
+    out = capsys.readouterr().out
+    assert f'{folder / "checkpoint.pt"} is kept as checkpoint.pt.replaced' in out
+    assert (folder / 'checkpoint.pt.replaced').read_bytes() == latest           # epoch 2
+    assert (folder / 'checkpoint-prev.pt.replaced').read_bytes() == prev        # epoch 1
+    assert engine.load_checkpoint(folder / 'checkpoint.pt')['epoch'] == 3
+    assert engine.load_checkpoint(folder / 'checkpoint-prev.pt')['epoch'] == 2
 
 
 # ---------------------------------------------------------------- the lock
@@ -449,6 +465,46 @@ def test_sigint_and_sigterm_end_the_run_cleanly(tmp_path, signum, status, worker
     assert done.returncode == 0, done.stderr
     assert f'at epoch {ckpt["epoch"] + 1}' in done.stdout
     assert [r['epoch'] for r in read_metrics(tmp_path / 'logs' / SUB_NAME)] == list(range(ckpt['epoch'] + 2))
+
+
+def test_worker_death_reads_the_loaders_error():
+    def loader_error(how):
+        return RuntimeError(f'DataLoader worker (pid 4242) {how}')
+    assert safety.worker_death(loader_error('is killed by signal: Interrupt. ')) == 'Interrupt'
+    assert safety.worker_death(loader_error('is killed by signal: Killed. ')) == 'Killed'
+    assert safety.worker_death(RuntimeError('DataLoader worker (pid(s) 4242) exited unexpectedly')) \
+        == 'exited unexpectedly'
+    assert safety.worker_death(RuntimeError('CUDA out of memory')) is None
+    assert safety.worker_death(ValueError('DataLoader worker (pid 1) is killed by signal: Killed.')) is None
+    assert safety.interrupt_of(signal.strsignal(signal.SIGINT)) == signal.SIGINT
+    assert safety.interrupt_of(signal.strsignal(signal.SIGTERM)) == signal.SIGTERM
+    assert safety.interrupt_of('Killed') is None and safety.interrupt_of(None) is None
+
+
+def test_a_worker_killed_on_its_own_stops_the_run_with_status_1(tmp_path):
+    """SIGKILL to one data-loader worker (as the OOM killer sends): not an interrupt, a
+    crash (status 1), in one line that names the checkpoint kept and the command that resumes."""
+    argv = [*SUB, '-N', '40', '--workers', '2', '--dump-dir', str(tmp_path)]
+    proc = subprocess.Popen([sys.executable, str(MNIST), *argv], cwd=REPO, text=True,
+                            env={**os.environ, 'PYTHONUNBUFFERED': '1'},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    assert proc.stdout.readline().startswith('run ')
+    assert proc.stdout.readline().startswith('epoch 0:')
+    time.sleep(0.3)                                                   # inside epoch 1's steps
+    children = (Path('/proc') / str(proc.pid) / 'task' / str(proc.pid) / 'children').read_text().split()
+    os.kill(int(children[0]), signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    (line,) = err.strip().splitlines()
+    folder = tmp_path / 'models' / SUB_NAME
+    epoch = engine.load_checkpoint(folder / 'checkpoint.pt')['epoch']
+    # The loader sees the death either through SIGCHLD (the signal's name) or as a worker
+    # that is gone while it waits for a batch.
+    how = line[len('mnist.py: a data-loader worker died ('):line.index(');')]
+    assert how in ('Killed', 'exited unexpectedly'), line
+    assert line == (f'mnist.py: a data-loader worker died ({how}); the last good checkpoint is '
+                    f'{folder / "checkpoint.pt"} (epoch {epoch}); to resume, run the same command again: '
+                    f'mnist.py ' + ' '.join(argv))
 
 
 def test_sigkill_at_fixed_moments_resumes_to_the_same_result(tmp_path, monkeypatch):

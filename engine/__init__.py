@@ -54,8 +54,8 @@ def main(exp: Experiment, argv: Sequence[str] | None = None, datasets=None) -> i
     Returns the exit status, after one line on stderr for each failure:
     0 on success; 2 on a usage error before any work (no file written), a run locked by
     another process, or no usable checkpoint; 1 when the loss or a weight became NaN/Inf or
-    a checkpoint could not be written (the last good checkpoint is kept and named), or a
-    data-loader worker died of something other than SIGINT/SIGTERM; 130 / 143 on SIGINT /
+    a checkpoint or another file could not be written (the last good checkpoint is kept and
+    named), or a data-loader worker died of something other than SIGINT/SIGTERM; 130 / 143 on SIGINT /
     SIGTERM during training, to the run or to a worker (the last finished epoch's
     checkpoint is intact; the line gives the command that resumes).
 
@@ -67,6 +67,7 @@ def main(exp: Experiment, argv: Sequence[str] | None = None, datasets=None) -> i
     args = parser.parse_args(argv)
     command = shlex.join([exp.prog, *(sys.argv[1:] if argv is None else argv)])
     dist = distributed.Context.from_env()
+    run = None
     try:
         dist.share_cores(args)
         validate(args)
@@ -76,7 +77,6 @@ def main(exp: Experiment, argv: Sequence[str] | None = None, datasets=None) -> i
             _check_test_source(args)
             Run(exp, args, datasets if datasets is not None else exp.load_datasets(args)).test()
             return 0
-        run = None
         dist.check_unlocked(args.dump_dir / 'models' / run_name(args))
         with safety.interrupts_raise():
             try:
@@ -109,6 +109,8 @@ def main(exp: Experiment, argv: Sequence[str] | None = None, datasets=None) -> i
     except UsageError as err:
         dist.say(f'{exp.prog}: error: {err}')
         return 2
+    except OSError as err:      # a file that cannot be read, made or moved (a failed save: SaveError)
+        return _stopped(exp, run, f'stopped: {err}', command, 1, dist)
     finally:
         dist.close()
 

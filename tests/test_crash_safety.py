@@ -315,6 +315,16 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, capsys, monkeypat
 
 
 
+def test_a_log_folder_that_cannot_be_made_is_one_line(tmp_path, capsys):
+    (tmp_path / 'logs').mkdir()
+    (tmp_path / 'logs' / NAME).write_text('a file where the log folder goes')
+    capsys.readouterr()
+    assert train(tmp_path, '-N', '1') == 1
+    line = one_line(capsys)
+    assert line.startswith(f"mnist.py: stopped: [Errno 17] File exists: '{tmp_path / 'logs' / NAME}'; "
+                           f"there is no checkpoint yet (no epoch finished); to resume, run the same command again: ")
+
+
 def test_a_failed_numbered_copy_names_the_new_checkpoint(tmp_path, capsys, monkeypatch):
     real = engine.checkpoint.atomic_copy
 

@@ -151,7 +151,7 @@ def run_all(configs: list[tuple[str, list[str]]], gpus: list[int] | None) -> lis
                 cmd = cmd + ['--device', device]
             with lock:      # workers print at once: one whole line each
                 print(f'{PROG}: [{i + 1}/{len(configs)}] {shlex.join(cmd)}', flush=True)
-            code = subprocess.run(cmd, cwd=REPO).returncode
+            code = subprocess.run(cmd).returncode       # in the caller's folder, as --print's lines
             if code != 0:
                 with lock:
                     failed.append(f'configuration {i} ({label}) failed with exit status {code}')

@@ -52,19 +52,26 @@ def test_gpu_workers_share_the_queue(capfd):
 
 
 def test_stopped_sweep_resumes_and_reports(tmp_path):
-    grid = ['mnist', '--methods', 'no_prune,grad', '-s', '0.95', '--dump-dir', tmp_path, *TINY]
-    first = run_script(SWEEP, *grid, '--task-index', '0')          # the sweep stopped here
+    """Run from outside the repository with a relative --dump-dir, as a user would; the sweep
+    stopped after its first configuration and halfway through its second."""
+    grid = ['mnist', '--methods', 'no_prune,grad', '-s', '0.95', '--dump-dir', 'sweep out', *TINY, '-N', '1']
+    first = run_script(SWEEP, *grid, '--task-index', '0', cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert not (tmp_path / 'report').exists()                      # no report for one task
-    plain = tmp_path / 'logs' / 'lr-1e-3-b-128-T-8-no_prune-train-512-test-256'
+    half = run_script(SWEEP, *grid, '--task-index', '1', '-N', '0', cwd=tmp_path)    # epoch 0 of 0..1
+    assert half.returncode == 0, half.stderr
+    dump = tmp_path / 'sweep out'
+    assert not (dump / 'report').exists()                          # no report for one task
+    plain = dump / 'logs' / 'lr-1e-3-b-128-T-8-no_prune-train-512-test-256'
     before = (plain / 'metrics.jsonl').read_text()
-    done = run_script(SWEEP, *grid)
+    done = run_script(SWEEP, *grid, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert 'no_prune-train-512-test-256: epochs 0..0 are done' in done.stdout
+    assert 'no_prune-train-512-test-256: epochs 0..1 are done' in done.stdout
     assert (plain / 'metrics.jsonl').read_text() == before         # not retrained
-    grad = tmp_path / 'logs' / 'lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-grad-train-512-test-256'
-    assert [r['epoch'] for r in read_metrics(grad)] == [0]
-    assert len((tmp_path / 'report' / 'results.csv').read_text().splitlines()) == 3
+    assert 'resuming lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-grad-train-512-test-256 at epoch 1' in done.stdout
+    grad = dump / 'logs' / 'lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-grad-train-512-test-256'
+    assert [r['epoch'] for r in read_metrics(grad)] == [0, 1]
+    assert len((dump / 'report' / 'results.csv').read_text().splitlines()) == 3
+    assert not (REPO / 'sweep out').exists()
 
 
 def test_failed_configuration_is_named(tmp_path):

@@ -55,12 +55,11 @@ class Run(Checkpointing):
             kept = ckpt_io.truncate_metrics(metrics, self.epoch)
             writer = resumed_writer(self.log_dir, self.epoch, kept)
         before = {n: linked(p) for n, p in synapses(self.model).items()}
-        params = list(self.model.parameters())
         print(f'run {self.name} on {self.device}: logs {self.log_dir}, checkpoints {self.model_dir}')
         try:
             for self.epoch in range(self.epoch, args.N + 1):
                 with safety.interrupts_deferred():      # raised between steps (safety.InterruptGuard)
-                    record = self.train_and_test_epoch(writer, before, params)
+                    record = self.train_and_test_epoch(writer, before)
                     # The metrics line before the checkpoint: a crash in between redoes the
                     # epoch, and truncate_metrics drops the line on resume.
                     def keep():
@@ -71,7 +70,7 @@ class Run(Checkpointing):
         finally:
             writer.close()
 
-    def train_and_test_epoch(self, writer, before: dict, params: list) -> dict:
+    def train_and_test_epoch(self, writer, before: dict) -> dict:
         """Train epoch ``self.epoch``, test, log to TensorBoard; returns its metrics record.
 
         Raises:
@@ -86,7 +85,7 @@ class Run(Checkpointing):
             writer.add_scalar('train/loss', loss, step)
             train_log.append([step, acc, loss])
 
-        watch = self.dist.watch(params, self.step, self.device)
+        watch = self.dist.watch(list(self.model.parameters()), self.step, self.device)
         self.dist.start_epoch(self.epoch, args.seed)
         self.step, train_s = train_epoch(
             self.model, self.optimizers, self.data.train_batches(self.epoch), self.exp.num_classes,

@@ -138,27 +138,27 @@ class CIFAR10SNN(nn.Module):
             nn.BatchNorm2d(256),
         )
         self.conv = nn.Sequential(
-            neurons(),                                   # 0
-            _conv3x3(), StepwiseBatchNorm2d(256),    # 1, 2
-            neurons(),                                   # 3
-            _conv3x3(), StepwiseBatchNorm2d(256),    # 4, 5
-            neurons(),                                   # 6
-            layer.MaxPool2d(2, 2),                   # 7   32x32 -> 16x16
-            _conv3x3(), StepwiseBatchNorm2d(256),    # 8, 9
-            neurons(),                                   # 10
-            _conv3x3(), StepwiseBatchNorm2d(256),    # 11, 12
-            neurons(),                                   # 13
-            _conv3x3(), StepwiseBatchNorm2d(256),    # 14, 15
-            neurons(),                                   # 16
-            layer.MaxPool2d(2, 2),                   # 17  16x16 -> 8x8
+            neurons(),                              # 0
+            _conv3x3(), StepwiseBatchNorm2d(256),   # 1, 2
+            neurons(),                              # 3
+            _conv3x3(), StepwiseBatchNorm2d(256),   # 4, 5
+            neurons(),                              # 6
+            layer.MaxPool2d(2, 2),                  # 7   32x32 -> 16x16
+            _conv3x3(), StepwiseBatchNorm2d(256),   # 8, 9
+            neurons(),                              # 10
+            _conv3x3(), StepwiseBatchNorm2d(256),   # 11, 12
+            neurons(),                              # 13
+            _conv3x3(), StepwiseBatchNorm2d(256),   # 14, 15
+            neurons(),                              # 16
+            layer.MaxPool2d(2, 2),                  # 17  16x16 -> 8x8
         )
         self.fc = nn.Sequential(
-            layer.Flatten(),                                 # 0  256*8*8 = 16384
-            layer.Dropout(dropout),                          # 1  one mask for all T steps
-            layer.Linear(256 * 8 * 8, 128 * 4 * 4, bias=False),  # 2  16384 -> 2048
-            neurons(),                                           # 3
-            layer.Linear(128 * 4 * 4, 100, bias=False),      # 4  2048 -> 100
-            neurons(),                                           # 5
+            layer.Flatten(),                                      # 0  256*8*8 = 16384
+            layer.Dropout(dropout),                               # 1  one mask for all T steps
+            layer.Linear(256 * 8 * 8, 128 * 4 * 4, bias=False),   # 2  16384 -> 2048
+            neurons(),                                            # 3
+            layer.Linear(128 * 4 * 4, 100, bias=False),           # 4  2048 -> 100
+            neurons(),                                            # 5
         )
         # 100 output neurons -> 10 class scores (mean of each group of 10)
         self.boost = nn.AvgPool1d(10, 10)

@@ -144,11 +144,12 @@ def test_unsupported_synapse_layer_is_refused():
 
 def test_run_records_sops_and_test_prints_them(tmp_path):
     flags = ['-m', 'no_prune', '--dump-dir', tmp_path, '--train-size', '512', '--test-size', '256',
-             '-N', '0', '-i1', '1', '--workers', '0', '--no-compile', '--device', 'cpu']
+             '-N', '2', '-i1', '2', '--workers', '0', '--no-compile', '--device', 'cpu']
     done = run_script(REPO / 'mnist' / 'mnist.py', *flags)
     assert done.returncode == 0, done.stderr
-    (record,) = read_metrics(tmp_path / 'logs' / 'lr-1e-3-b-128-T-8-no_prune-train-512-test-256')
-    sops = record['sops']
+    records = read_metrics(tmp_path / 'logs' / 'lr-1e-3-b-128-T-8-no_prune-train-512-test-256')
+    assert ['sops' in r for r in records] == [True, False, True]     # every -i1 epochs
+    sops = records[-1]['sops']
     assert sops['images'] == 256 and set(sops['per_layer']) == {'fc.1.weight'}
     assert sops['total'] == sops['dense_total'] > 0                # nothing pruned
     assert sops['first_layer_macs'] == 784 * 800

@@ -55,9 +55,9 @@ def main(exp: Experiment, argv: Sequence[str] | None = None, datasets=None) -> i
     0 on success; 2 on a usage error before any work (no file written), a run locked by
     another process, or no usable checkpoint; 1 when the loss or a weight became NaN/Inf or
     a checkpoint or another file could not be written (the last good checkpoint is kept and
-    named), or a data-loader worker died of something other than SIGINT/SIGTERM; 130 / 143 on SIGINT /
-    SIGTERM during training, to the run or to a worker (the last finished epoch's
-    checkpoint is intact; the line gives the command that resumes).
+    named), or a data-loader worker died of something other than SIGTERM; 130 / 143 on SIGINT /
+    SIGTERM during training (SIGTERM also to a worker; the last finished epoch's checkpoint
+    is intact; the line gives the command that resumes).
 
     Under torchrun (``engine.distributed``) every process calls it and returns its own status;
     only rank 0 prints the lines. A ``-b`` that the number of processes does not divide is a
@@ -65,7 +65,7 @@ def main(exp: Experiment, argv: Sequence[str] | None = None, datasets=None) -> i
     """
     parser = build_parser(exp)
     args = parser.parse_args(argv)
-    command = shlex.join([exp.prog, *(sys.argv[1:] if argv is None else argv)])
+    command = [exp.prog, *(sys.argv[1:] if argv is None else argv)]
     dist = distributed.Context.from_env()
     run = None
     try:
@@ -94,7 +94,8 @@ def main(exp: Experiment, argv: Sequence[str] | None = None, datasets=None) -> i
                     if sig is not None:
                         return _stopped(exp, run, f'interrupted (a data-loader worker got {sig.name})',
                                         command, safety.EXIT_STATUS[sig], dist)
-                    return _stopped(exp, run, f'a data-loader worker died ({death})', command, 1, dist)
+                    return _stopped(exp, run, f'a data-loader worker died ({death})', command, 1, dist,
+                                    any_rank=True)
                 except safety.NonFinite as err:
                     dist.say(f'{exp.prog}: stopped at epoch {run.epoch}: {err}; nothing of epoch '
                              f'{run.epoch} was saved; {run.last_good()}')
@@ -110,7 +111,11 @@ def main(exp: Experiment, argv: Sequence[str] | None = None, datasets=None) -> i
         dist.say(f'{exp.prog}: error: {err}')
         return 2
     except OSError as err:      # a file that cannot be read, made or moved (a failed save: SaveError)
-        return _stopped(exp, run, f'stopped: {err}', command, 1, dist)
+        what = str(err).splitlines()[0]     # (a loader worker's error carries its traceback)
+        if args.test:
+            dist.say(f'{exp.prog}: error: {what}', any_rank=True)
+            return 1
+        return _stopped(exp, run, f'stopped: {what}', command, 1, dist, any_rank=True)
     finally:
         dist.close()
 
@@ -127,8 +132,30 @@ def _check_test_source(args) -> None:
                          f'{args.dump_dir / "models"}; train it first (same flags without -test)')
 
 
-def _stopped(exp: Experiment, run, what: str, command: str, status: int, dist) -> int:
-    """The one line of an interrupted run (rank 0's); returns ``status``."""
+def _stopped(exp: Experiment, run, what: str, command: list, status: int, dist,
+             any_rank: bool = False) -> int:
+    """The one line of a run that stopped before its end: ``what``, the last good
+    checkpoint and the command that resumes (less ``--resume-from`` once the run has saved
+    its own checkpoint); returns ``status``. Rank 0's line, or with ``any_rank`` the line
+    of any rank that got there (a failure of its own)."""
     kept = run.last_good() if run is not None else 'nothing was written'
-    dist.say(f'{exp.prog}: {what}; {kept}; to resume, run the same command again: {command}')
+    if run is not None and run.saved is not None and run.saved[0] == run.checkpoint:
+        command = _without_resume_from(command)
+    dist.say(f'{exp.prog}: {what}; {kept}; to resume, run the same command again: '
+             f'{shlex.join(command)}', any_rank=any_rank)
     return status
+
+
+def _without_resume_from(command: list) -> list:
+    """``command`` less its ``--resume-from PATH`` (also ``=PATH`` and argparse's
+    abbreviations, e.g. ``--resume-f``)."""
+    kept, skip = [], False
+    for token in command:
+        flag = token.split('=', 1)[0]
+        if skip:
+            skip = False
+        elif len(flag) > 2 and '--resume-from'.startswith(flag):
+            skip = '=' not in token
+        else:
+            kept.append(token)
+    return kept

@@ -65,8 +65,7 @@ class Context:
     ``local_rank`` on its node and the number of ranks there; ``active`` under torchrun.
 
     The default is one process. :meth:`from_env` reads torchrun's environment; :meth:`start`
-    joins the process group.
-    """
+    joins the process group."""
     world_size: int = 1
     rank: int = 0
     local_rank: int = 0
@@ -155,10 +154,11 @@ class Context:
             sys.stdout, sys.stderr = streams
             self._streams = None
 
-    def say(self, line: str) -> None:
-        """Print one line on stderr, on rank 0 only."""
-        if self.is_main:
-            print(line, file=sys.stderr)
+    def say(self, line: str, any_rank: bool = False) -> None:
+        """Print one line on stderr, on rank 0 only (``any_rank``: on every rank that calls
+        it, prefixed with its rank on the others: a failure of that rank alone)."""
+        if self.is_main or any_rank:
+            print(line if self.is_main else f'rank {self.rank}: {line}', file=sys.stderr)
 
     # ---------------------------------------------------------------- collectives
 

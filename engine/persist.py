@@ -31,6 +31,7 @@ class Checkpointing:
     # the file that becomes checkpoint-prev.pt at the next save (None: prev is already right).
     saved: tuple | None = None
     _prev_source = None
+    _replaced: list = []        # the run's own checkpoints that the next save sets aside
 
     @property
     def prev_checkpoint(self):
@@ -45,8 +46,8 @@ class Checkpointing:
         When ``checkpoint.pt`` cannot be used but ``checkpoint-prev.pt`` can, says so in one
         line on stderr, sets the damaged file aside as ``checkpoint.pt.damaged`` and resumes
         from the previous epoch (which is trained again). With ``--resume-from`` another
-        file, the run's own ``checkpoint.pt`` and ``checkpoint-prev.pt`` are kept as
-        ``<name>.replaced``, since the next saves take their names. Deletes the temporary files of a
+        file, the first :meth:`save` keeps the run's own ``checkpoint.pt`` and
+        ``checkpoint-prev.pt`` as ``<name>.replaced`` before it takes their names. Deletes the temporary files of a
         save that was killed, and makes the resumed epoch's numbered copy if that save did
         not get to it. Returns whether it resumed.
 
@@ -58,12 +59,12 @@ class Checkpointing:
         if self.args.resume_from is None and not (self.checkpoint.exists() or self.prev_checkpoint.exists()):
             return False
         path, ckpt = self._load_first(self._load_training_state)
-        if path == self.prev_checkpoint and self.checkpoint.exists():
-            ckpt_io.set_aside(self.checkpoint)
-        elif self.args.resume_from is not None:     # the next saves would replace the run's own
-            for own in (self.checkpoint, self.prev_checkpoint):
-                if own.exists() and not os.path.samefile(own, path):
-                    print(f'{own} is kept as {ckpt_io.set_aside(own, "replaced").name}')
+        if self.args.resume_from is None:
+            if path == self.prev_checkpoint and self.checkpoint.exists():
+                ckpt_io.set_aside(self.checkpoint)
+        elif not _same_file(path, self.checkpoint):     # the first save keeps the run's own
+            self._replaced = [f for f in (self.checkpoint, self.prev_checkpoint)
+                              if f.exists() and not _same_file(f, path)]
         self._prev_source = None if path == self.prev_checkpoint else path
         self.saved = (path, ckpt['epoch'])
         numbered = self.model_dir / f'checkpoint-{ckpt["epoch"]}.pt'
@@ -135,6 +136,11 @@ class Checkpointing:
         self.model_dir.mkdir(parents=True, exist_ok=True)
         numbered = self.model_dir / f'checkpoint-{self.epoch}.pt' if self.epoch % self.args.i1 == 0 else None
         with safety.interrupts_deferred():      # a deferred signal is raised after the update
+            # Never over a good file: the run's own after --resume-from, or a numbered copy of
+            # the epoch from a run that went further before it was resumed from an older file.
+            for own in self._replaced + ([numbered] if numbered is not None and numbered.exists() else []):
+                print(f'{own} is kept as {ckpt_io.set_aside(own, "replaced").name}')
+            self._replaced = []
             ckpt_io.save_epoch(self.state(), self.checkpoint, self.prev_checkpoint, self._prev_source)
             self._prev_source, self.saved = self.checkpoint, (self.checkpoint, self.epoch)
             if numbered is not None:        # after: a failed copy still names the new checkpoint
@@ -151,3 +157,8 @@ class Checkpointing:
         with ckpt_io.loading(path):
             self.model.load_state_dict(ckpt['model'])
         return ckpt
+
+
+def _same_file(a, b) -> bool:
+    """Both exist and are the same file."""
+    return a.exists() and b.exists() and os.path.samefile(a, b)

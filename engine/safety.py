@@ -53,25 +53,36 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _read_holder(fd)
+            error = self._locked(fd)
             os.close(fd)
-            raise RunLocked(f'run {self.path.parent.name} is being trained by {holder} '
-                            f'(lock {self.path}); wait for it to end or stop it first') from None
+            raise error from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps({'host': socket.gethostname(), 'pid': os.getpid()}) + '\n').encode(), 0)
         self._fd = fd
         return self
 
     def check_free(self) -> None:
-        """Fail when another process holds the lock now; creates nothing and holds nothing,
-        so a second process can stop before it loads any data.
+        """Fail when another process holds the lock now. Reads only (the file, when it
+        exists, is opened read-only and locked shared for an instant), so a second process
+        can stop before it loads any data.
 
         Raises:
             RunLocked: as :meth:`acquire`.
         """
-        if self.path.exists():
-            self.acquire()
-            self.release()
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise self._locked(fd) from None
+        finally:
+            os.close(fd)
+
+    def _locked(self, fd: int) -> RunLocked:
+        return RunLocked(f'run {self.path.parent.name} is being trained by {_read_holder(fd)} '
+                         f'(lock {self.path}); wait for it to end or stop it first')
 
     def release(self) -> None:
         """Give the lock back (closing the file releases it); the file stays."""
@@ -103,7 +114,8 @@ EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 class Interrupted(BaseException):
-    """The run got SIGINT or SIGTERM (or a data-loader worker died of one).
+    """The run got SIGINT or SIGTERM (workers ignore SIGINT; one that dies of SIGTERM
+    counts as the run's, see :func:`interrupt_of`).
 
     A BaseException, like KeyboardInterrupt, so that no ``except Exception`` in between
     swallows it. ``signum`` is the signal; :attr:`exit_status` is 130 or 143.

@@ -190,18 +190,42 @@ def test_neither_readable_exits_2_naming_resume_from(tmp_path, capsys):
     assert 'checkpoint of epoch 0' in capsys.readouterr().out
 
 
-def test_resume_from_another_file_keeps_the_runs_own_checkpoints(tmp_path, capsys):
-    assert train(tmp_path, '-N', '2', '-i1', '5') == 0             # numbered copy of epoch 0 only
+def test_resume_from_another_file_keeps_the_runs_own_checkpoints(tmp_path, capsys, monkeypatch):
+    """Resumed from epoch 0 while the run had reached epoch 2: its first save keeps the
+    run's own checkpoint.pt, checkpoint-prev.pt and numbered copy of epoch 1 as *.replaced;
+    once it has saved, the resume command no longer names --resume-from."""
+    assert train(tmp_path, '-N', '2') == 0                          # -i1 1: numbered copies 0, 1, 2
     folder = models(tmp_path)
-    latest, prev = (folder / 'checkpoint.pt').read_bytes(), (folder / 'checkpoint-prev.pt').read_bytes()
+    old = {name: (folder / name).read_bytes() for name in ('checkpoint.pt', 'checkpoint-prev.pt', 'checkpoint-1.pt')}
+    real, calls = engine.Run.train_and_test_epoch, []
+
+    def sigterm_in_the_second_epoch(self, *a):
+        calls.append(self.epoch)
+        if len(calls) == 2:
+            raise safety.Interrupted(signal.SIGTERM)
+        return real(self, *a)
+
+    monkeypatch.setattr(engine.Run, 'train_and_test_epoch', sigterm_in_the_second_epoch)
     capsys.readouterr()
-    assert train(tmp_path, '-N', '3', '-i1', '5', '--resume-from', folder / 'checkpoint-0.pt') == 0
-    out = capsys.readouterr().out
-    assert f'{folder / "checkpoint.pt"} is kept as checkpoint.pt.replaced' in out
-    assert (folder / 'checkpoint.pt.replaced').read_bytes() == latest           # epoch 2
-    assert (folder / 'checkpoint-prev.pt.replaced').read_bytes() == prev        # epoch 1
-    assert engine.load_checkpoint(folder / 'checkpoint.pt')['epoch'] == 3
-    assert engine.load_checkpoint(folder / 'checkpoint-prev.pt')['epoch'] == 2
+    resume_from = ['--resume-from', str(folder / 'checkpoint-0.pt')]
+    assert train(tmp_path, '-N', '3', *resume_from) == 143
+    captured = capsys.readouterr()
+    for name, content in old.items():
+        assert f'{folder / name} is kept as {name}.replaced' in captured.out
+        assert (folder / f'{name}.replaced').read_bytes() == content
+    assert engine.load_checkpoint(folder / 'checkpoint.pt')['epoch'] == 1
+    assert engine.load_checkpoint(folder / 'checkpoint-prev.pt')['epoch'] == 0
+    command = ' '.join(['mnist.py', *FLAGS, '--dump-dir', str(tmp_path), '-N', '3'])
+    assert captured.err.strip() == (f'mnist.py: interrupted by SIGTERM; the last good checkpoint is '
+                                    f'{folder / "checkpoint.pt"} (epoch 1); to resume, run the same '
+                                    f'command again: {command}')
+
+
+def test_without_resume_from():
+    assert engine._without_resume_from(['mnist.py', '-N', '3', '--resume-from', 'a b.pt', '-s', '0.9']) \
+        == ['mnist.py', '-N', '3', '-s', '0.9']
+    assert engine._without_resume_from(['mnist.py', '--resume-from=x.pt', '--resume-f', 'y.pt', '-N', '1']) \
+        == ['mnist.py', '-N', '1']
 
 
 # ---------------------------------------------------------------- the lock
@@ -498,12 +522,17 @@ def test_a_worker_killed_on_its_own_stops_the_run_with_status_1(tmp_path):
     proc = subprocess.Popen([sys.executable, str(MNIST), *argv], cwd=REPO, text=True,
                             env={**os.environ, 'PYTHONUNBUFFERED': '1'},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    assert proc.stdout.readline().startswith('run ')
-    assert proc.stdout.readline().startswith('epoch 0:')
-    time.sleep(0.3)                                                   # inside epoch 1's steps
-    children = (Path('/proc') / str(proc.pid) / 'task' / str(proc.pid) / 'children').read_text().split()
-    os.kill(int(children[0]), signal.SIGKILL)
-    _, err = proc.communicate(timeout=120)
+    try:
+        assert proc.stdout.readline().startswith('run ')
+        assert proc.stdout.readline().startswith('epoch 0:')
+        children = Path('/proc') / str(proc.pid) / 'task' / str(proc.pid) / 'children'
+        _wait_for(lambda: len(children.read_text().split()) == 2, proc)   # epoch 1's workers
+        os.kill(int(children.read_text().split()[0]), signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert proc.returncode == 1, err
     (line,) = err.strip().splitlines()
     folder = tmp_path / 'models' / SUB_NAME

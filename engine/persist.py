@@ -47,9 +47,9 @@ class Checkpointing:
         line on stderr, sets the damaged file aside as ``checkpoint.pt.damaged`` and resumes
         from the previous epoch (which is trained again). With ``--resume-from`` another
         file, the first :meth:`save` keeps the run's own ``checkpoint.pt`` and
-        ``checkpoint-prev.pt`` as ``<name>.replaced`` before it takes their names. Deletes the temporary files of a
-        save that was killed, and makes the resumed epoch's numbered copy if that save did
-        not get to it. Returns whether it resumed.
+        ``checkpoint-prev.pt`` as ``<name>.replaced`` before it takes their names. Deletes
+        the temporary files of a save that was killed, and makes the resumed epoch's
+        numbered copy if that save did not get to it. Returns whether it resumed.
 
         Raises:
             UsageError: the checkpoint was made with other data settings (e.g. --workers),

@@ -33,6 +33,9 @@ BASE_COLUMNS = ['run', 'dataset', 'method', 'penalty', 's', 'T', 'epochs_done', 
 TAIL_COLUMNS = ['synapses_kept', 'acc_loss_pp', 'sops_per_image']
 METHOD_ORDER = ('grad', 'deep', 'soft_deep', 'no_prune')
 METHOD_LABEL = {'grad': 'Grad R', 'deep': 'Deep R', 'soft_deep': 'soft Deep R', 'no_prune': 'no pruning'}
+METHOD_MARKER = {'grad': 'o', 'deep': 'o', 'soft_deep': 'x', 'no_prune': 's'}
+"""Marker per method: hard and soft Deep R often coincide (docs/method.md, "Soft and hard Deep R
+without noise"), so Deep R's is a larger open circle around soft Deep R's cross."""
 
 
 class ReportError(Exception):
@@ -191,7 +194,9 @@ def plot_accuracy_vs_connectivity(rows: list[dict], out: Path) -> None:
     for (method, dataset), points in sorted(series.items(), key=lambda kv: _sort_key(
             {'dataset': kv[0][1], 'method': kv[0][0], 'penalty': 0, 's': 0, 'run': ''})):
         x, y = zip(*sorted(points))
-        ax.plot(x, y, marker='o', label=f'{METHOD_LABEL.get(method, method)} ({dataset})')
+        ax.plot(x, y, marker=METHOD_MARKER.get(method, 'o'), markersize=9 if method == 'deep' else 6,
+                fillstyle='none' if method == 'deep' else 'full',        # seen around soft Deep R's
+                label=f'{METHOD_LABEL.get(method, method)} ({dataset})')
     ax.set_xscale('log')
     ax.xaxis.set_major_formatter(FormatStrFormatter('%g'))      # 1, 10, 100 rather than 10^k
     xs = [x for points in series.values() for x, _ in points]

@@ -338,7 +338,6 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, capsys, monkeypat
     assert [r['epoch'] for r in read_metrics(tmp_path / 'logs' / NAME)] == [0, 1]
 
 
-
 def test_a_log_folder_that_cannot_be_made_is_one_line(tmp_path, capsys):
     (tmp_path / 'logs').mkdir()
     (tmp_path / 'logs' / NAME).write_text('a file where the log folder goes')
@@ -366,6 +365,7 @@ def test_a_failed_numbered_copy_names_the_new_checkpoint(tmp_path, capsys, monke
                                 f'{folder / "checkpoint.pt"} (epoch 1)')
     assert engine.load_checkpoint(folder / 'checkpoint.pt')['epoch'] == 1
     assert engine.load_checkpoint(folder / 'checkpoint-prev.pt')['epoch'] == 0
+
 
 # ---------------------------------------------------------------- signals and kills (real MNIST)
 

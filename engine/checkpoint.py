@@ -274,6 +274,11 @@ def loading(path: Path):
                               f'{_first_sentence(err)})') from None
 
 
+def same_file(a: Path, b: Path) -> bool:
+    """Both paths exist and name the same file (one inode: a hard link counts)."""
+    return Path(a).exists() and Path(b).exists() and os.path.samefile(a, b)
+
+
 def save_epoch(state: dict, latest: Path, prev: Path, prev_source: Path | None) -> None:
     """Write an epoch's checkpoint, each step atomic, so that a crash anywhere leaves a
     readable ``latest`` (old or new) and ``prev``:
@@ -289,7 +294,7 @@ def save_epoch(state: dict, latest: Path, prev: Path, prev_source: Path | None) 
     if prev_source is not None and Path(prev_source).exists():
         if Path(prev_source) == latest:
             atomic_link(latest, prev)
-        elif not (prev.exists() and os.path.samefile(prev_source, prev)):
+        elif not same_file(prev_source, prev):
             atomic_copy(prev_source, prev)
     atomic_save(state, latest)
 

@@ -7,7 +7,6 @@ uses the run's ``model``, ``optimizers``, ``data``, ``args``, ``name``, ``model_
 """
 from __future__ import annotations
 
-import os
 import sys
 
 from engine import checkpoint as ckpt_io
@@ -62,9 +61,9 @@ class Checkpointing:
         if self.args.resume_from is None:
             if path == self.prev_checkpoint and self.checkpoint.exists():
                 ckpt_io.set_aside(self.checkpoint)
-        elif not _same_file(path, self.checkpoint):     # the first save keeps the run's own
+        elif not ckpt_io.same_file(path, self.checkpoint):     # the first save keeps the run's own
             self._replaced = [f for f in (self.checkpoint, self.prev_checkpoint)
-                              if f.exists() and not _same_file(f, path)]
+                              if f.exists() and not ckpt_io.same_file(f, path)]
         self._prev_source = None if path == self.prev_checkpoint else path
         self.saved = (path, ckpt['epoch'])
         numbered = self.model_dir / f'checkpoint-{ckpt["epoch"]}.pt'
@@ -157,8 +156,3 @@ class Checkpointing:
         with ckpt_io.loading(path):
             self.model.load_state_dict(ckpt['model'])
         return ckpt
-
-
-def _same_file(a, b) -> bool:
-    """Both exist and are the same file."""
-    return a.exists() and b.exists() and os.path.samefile(a, b)

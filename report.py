@@ -27,15 +27,12 @@ import math
 import sys
 from pathlib import Path
 
+from engine.methods import METHODS
+
 PROG = 'report.py'
 BASE_COLUMNS = ['run', 'dataset', 'method', 'penalty', 's', 'T', 'epochs_done', 'training_done',
                 'final_acc_pct', 'best_acc_pct', 'connectivity_pct']
 TAIL_COLUMNS = ['synapses_kept', 'acc_loss_pp', 'sops_per_image']
-METHOD_ORDER = ('grad', 'deep', 'soft_deep', 'no_prune')
-METHOD_LABEL = {'grad': 'Grad R', 'deep': 'Deep R', 'soft_deep': 'soft Deep R', 'no_prune': 'no pruning'}
-METHOD_MARKER = {'grad': 'o', 'deep': 'o', 'soft_deep': 'x', 'no_prune': 's'}
-"""Marker per method: hard and soft Deep R often coincide (docs/method.md, "Soft and hard Deep R
-without noise"), so Deep R's is a larger open circle around soft Deep R's cross."""
 
 
 class ReportError(Exception):
@@ -103,7 +100,8 @@ def summarize(run: dict) -> dict:
     """One table row of a run (see the module docstring); a missing value is None."""
     info, records = run['info'], run['records']
     flags, last = info['flags'], (records[-1] if records else {})
-    pruning = info['method'] != 'no_prune'
+    method = METHODS.get(info['method'])
+    grid = method.grid if method is not None else ('-penalty', '-s')
     layers = {k: _connectivity(v) for k, v in last.get('layer_sparsity', {}).items()}
     counts = info.get('synapse_counts', {})
     kept = None
@@ -112,8 +110,8 @@ def summarize(run: dict) -> dict:
     with_sops = [r for r in records if isinstance(r.get('sops'), dict)]
     accs = [r['test_acc'] for r in records if 'test_acc' in r]
     return {'run': info['run'], 'dataset': info['dataset'], 'method': info['method'],
-            'penalty': flags.get('penalty') if pruning else None,
-            's': flags.get('s') if pruning else None, 'T': flags.get('T'),
+            'penalty': flags.get('penalty') if '-penalty' in grid else None,
+            's': flags.get('s') if '-s' in grid else None, 'T': flags.get('T'),
             'epochs_done': last['epoch'] + 1 if records else 0,
             'training_done': bool(records) and last['epoch'] >= flags['N'],
             'final_acc_pct': 100 * last['test_acc'] if 'test_acc' in last else None,
@@ -128,7 +126,8 @@ def add_accuracy_loss(rows: list[dict]) -> None:
     """Set ``acc_loss_pp`` = final accuracy of the newest (latest ``started``) unpruned run
     with the same data set and T minus the row's, in percentage points; None without one."""
     baselines = {}
-    for row in sorted((r for r in rows if r['method'] == 'no_prune' and r['final_acc_pct'] is not None),
+    unpruned = {key for key, m in METHODS.items() if not m.prunes}
+    for row in sorted((r for r in rows if r['method'] in unpruned and r['final_acc_pct'] is not None),
                       key=lambda r: r['started']):
         baselines[row['dataset'], row['T']] = row['final_acc_pct']
     for row in rows:
@@ -138,7 +137,7 @@ def add_accuracy_loss(rows: list[dict]) -> None:
 
 
 def _sort_key(row: dict):
-    return (row['dataset'], METHOD_ORDER.index(row['method']) if row['method'] in METHOD_ORDER else 9,
+    return (row['dataset'], list(METHODS).index(row['method']) if row['method'] in METHODS else len(METHODS),
             row['penalty'] or 0.0, row['s'] or 0.0, row['run'])
 
 
@@ -194,9 +193,9 @@ def plot_accuracy_vs_connectivity(rows: list[dict], out: Path) -> None:
     for (method, dataset), points in sorted(series.items(), key=lambda kv: _sort_key(
             {'dataset': kv[0][1], 'method': kv[0][0], 'penalty': 0, 's': 0, 'run': ''})):
         x, y = zip(*sorted(points))
-        ax.plot(x, y, marker=METHOD_MARKER.get(method, 'o'), markersize=9 if method == 'deep' else 6,
-                fillstyle='none' if method == 'deep' else 'full',        # seen around soft Deep R's
-                label=f'{METHOD_LABEL.get(method, method)} ({dataset})')
+        known = METHODS.get(method)
+        style = {'marker': 'o', 'markersize': 6, **(known.style if known is not None else {})}
+        ax.plot(x, y, **style, label=f'{known.label if known is not None else method} ({dataset})')
     ax.set_xscale('log')
     ax.xaxis.set_major_formatter(FormatStrFormatter('%g'))      # 1, 10, 100 rather than 10^k
     xs = [x for points in series.values() for x, _ in points]

@@ -4,17 +4,29 @@ Source: docs/method.md, "Notation". Both optimizers are `torch.optim.Adam`
 subclasses that keep Adam's moments and bias correction and differ only in how the
 Adam direction moves the synapses; that common part lives here once:
 
-- `check_arg`: the one-line `ValueError` used for every bad hyper-parameter,
+- `check_arg`: the one-line `HyperparameterError` (a `ValueError`) used for every bad
+  hyper-parameter,
 - `RewiringMixin`: rewiring hyper-parameters as validated param-group defaults,
 - `adam_moments` / `adam_term`: one Adam moment update for one tensor, and `step * adam`;
 - `RewiringMixin.kernel`: an update function, compiled with `torch.compile` when the
   optimizer was made with `compiled=True` (one fused kernel instead of a dozen passes).
 """
+import inspect
+
 import torch
 
 # Adam options that the rewiring update rules do not implement.
 _UNSUPPORTED_ADAM_FLAGS = ("maximize", "capturable", "differentiable", "fused",
                            "decoupled_weight_decay")
+
+
+class HyperparameterError(ValueError):
+    """A hyper-parameter out of its allowed range; ``argument`` names it as ``__init__`` does
+    (e.g. ``'s'``), so that a command line can name its own flag for it."""
+
+    def __init__(self, argument, message):
+        super().__init__(message)
+        self.argument = argument
 
 
 def check_arg(name, value, allowed, ok):
@@ -28,14 +40,15 @@ def check_arg(name, value, allowed, ok):
             None) counts as "not allowed".
 
     Raises:
-        ValueError: one line, ``"<name> must satisfy <allowed>, got <value!r>"``.
+        HyperparameterError: (a ValueError) one line, ``"<name> must satisfy <allowed>, got
+            <value!r>"``; its ``argument`` is the first word of ``name``.
     """
     try:
         good = bool(ok(value))
     except (TypeError, ValueError, RuntimeError):
         good = False
     if not good:
-        raise ValueError(f"{name} must satisfy {allowed}, got {value!r}")
+        raise HyperparameterError(name.split()[0], f"{name} must satisfy {allowed}, got {value!r}")
 
 
 def check_adam_group(group):
@@ -95,9 +108,23 @@ class RewiringMixin:
         super().__init__(params, **adam)
         self.defaults.update(rewiring)
 
-    def _validate(self, group):
+    @classmethod
+    def _validate(cls, group):
         check_adam_group(group)
-        self._check_group(group)
+        cls._check_group(group)
+
+    @classmethod
+    def check_settings(cls, **settings):
+        """Check hyper-parameters as the constructor would, without building an optimizer:
+        ``settings`` are keyword arguments of ``__init__``; the others take its defaults.
+
+        Raises:
+            ValueError: as the constructor, for the first argument out of range.
+        """
+        signature = inspect.signature(cls.__init__)
+        group = {name: p.default for name, p in signature.parameters.items()
+                 if p.default is not inspect.Parameter.empty}
+        cls._validate({**group, **settings})
 
     def add_param_group(self, param_group):
         """Add a param group (dict with 'params'); missing options take the optimizer's defaults.

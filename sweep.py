@@ -32,13 +32,27 @@ import sys
 import threading
 from pathlib import Path
 
+from engine.methods import METHODS
+
 REPO = Path(__file__).resolve().parent
 PROG = 'sweep.py'
 SCRIPTS = {'mnist': REPO / 'mnist' / 'mnist.py', 'c10': REPO / 'c10' / 'c10.py'}
-METHOD_FLAGS = {'grad': ['-m', 'grad'], 'deep': ['-m', 'deep'], 'soft': ['-m', 'deep', '-soft'],
-                'no_prune': ['-m', 'no_prune']}
-SET_BY_SWEEP = {'-m': '--methods', '-soft': '--methods soft', '-penalty': '--penalties'}
-"""Flags of the scripts that the grid sets, and the sweep option to use instead."""
+AXES = {'-penalty': '--penalties', '-s': '-s'}
+"""The scripts' flags that the grid varies (a method's ``grid``), and the sweep option that
+lists their values."""
+
+
+def method_flags() -> dict[str, list[str]]:
+    """The script flags that select each method, by its name in ``--methods``."""
+    return {m.sweep: list(m.argv) for m in METHODS.values()}
+
+
+def set_by_sweep() -> dict[str, str]:
+    """Flags of the scripts that the grid sets, and the sweep option to use instead."""
+    flags = {'-m': '--methods', '-penalty': '--penalties'}
+    for name, argv in method_flags().items():
+        flags.update({switch: f'--methods {name}' for switch in argv[2:]})
+    return flags
 
 
 class SweepError(Exception):
@@ -80,7 +94,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p = _OneLineParser(prog=PROG, allow_abbrev=False, description=__doc__.split('\n\n')[0])
     p.add_argument('dataset', choices=sorted(SCRIPTS), help='mnist or c10')
     p.add_argument('--methods', default='grad,deep,soft,no_prune',
-                   help=f'comma list of {", ".join(METHOD_FLAGS)}')
+                   help=f'comma list of {", ".join(method_flags())}')
     p.add_argument('--penalties', default='1e-3', help='comma list of -penalty values (>= 0)')
     p.add_argument('-s', default=None, help='comma list of target sparsities (-s of the scripts)')
     p.add_argument('--gpus', default=None, help='comma list of CUDA device indices: one worker each')
@@ -89,19 +103,22 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                    help='run only the I-th configuration (0-based)')
     p.add_argument('--dump-dir', default=None, help='passed on; the report reads it (default runs/)')
     # '-soft' would parse as '-s oft': catch the scripts' grid flags before argparse does.
+    grid_flags = set_by_sweep()
     for token in argv:
         flag = token.split('=')[0]
-        if flag in SET_BY_SWEEP:
-            raise SweepError(f'{flag} is set by the sweep; use {SET_BY_SWEEP[flag]}')
+        if flag in grid_flags:
+            raise SweepError(f'{flag} is set by the sweep; use {grid_flags[flag]}')
     args, passed_on = p.parse_known_args(argv)
     args.methods = _items('--methods', args.methods)
-    unknown = [m for m in args.methods if m not in METHOD_FLAGS]
+    known = method_flags()
+    unknown = [m for m in args.methods if m not in known]
     if unknown:
-        raise SweepError(f'--methods: unknown method {unknown[0]!r}; choose from {", ".join(METHOD_FLAGS)}')
+        raise SweepError(f'--methods: unknown method {unknown[0]!r}; choose from {", ".join(known)}')
     args.penalties = _numbers('--penalties', args.penalties, 0, math.inf)
     args.s = None if args.s is None else _numbers('-s', args.s, 0, 1)
-    if args.s is None and any(m != 'no_prune' for m in args.methods):
-        raise SweepError('-s (target sparsity) is required with grad, deep and soft')
+    with_s = [m for m in args.methods if '-s' in _grid(m)]
+    if args.s is None and with_s:
+        raise SweepError(f'-s (target sparsity) is required with {", ".join(with_s)}')
     if args.gpus is not None:
         try:
             args.gpus = [int(g) for g in _items('--gpus', args.gpus)]
@@ -118,19 +135,25 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def configurations(args: argparse.Namespace, passed_on: list[str]) -> list[tuple[str, list[str]]]:
-    """``[(label, command)]`` of the grid in order: methods, then penalties, then ``-s``."""
+    """``[(label, command)]`` of the grid in order: methods, then the values of each flag the
+    method varies (``-penalty``, then ``-s``); a method that varies none is one configuration."""
     script = [sys.executable, str(SCRIPTS[args.dataset])]
     tail = (['--dump-dir', args.dump_dir] if args.dump_dir is not None else []) + passed_on
+    values = {'-penalty': args.penalties, '-s': args.s}
     configs = []
     for method in args.methods:
-        if method == 'no_prune':
-            configs.append(('no_prune', script + METHOD_FLAGS[method] + tail))
-            continue
-        for penalty in args.penalties:
-            for s in args.s:
-                configs.append((f'{method} penalty {penalty} s {s}',
-                                script + METHOD_FLAGS[method] + ['-penalty', penalty, '-s', s] + tail))
+        settings = [[]]
+        for flag in (f for f in AXES if f in _grid(method)):
+            settings = [s + [flag, v] for s in settings for v in values[flag]]
+        for setting in settings:
+            label = ' '.join([method] + [f'{f.lstrip("-")} {v}' for f, v in zip(setting[::2], setting[1::2])])
+            configs.append((label, script + method_flags()[method] + setting + tail))
     return configs
+
+
+def _grid(name: str) -> tuple[str, ...]:
+    """The flags the method named ``name`` in ``--methods`` varies in the grid."""
+    return next(m.grid for m in METHODS.values() if m.sweep == name)
 
 
 def run_all(configs: list[tuple[str, list[str]]], gpus: list[int] | None) -> list[str]:

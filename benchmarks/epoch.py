@@ -62,12 +62,11 @@ def one(dataset: str, flags: list[str], device: str, c10_steps: int, c10_data: s
     argv = ['-m', 'grad', '-s', '0.95', '--device', device, '--dump-dir', tmp, *flags]
     if dataset == 'c10' and c10_data:
         argv += ['--dataset-dir', c10_data]
-    args = engine.build_parser(EXPERIMENT).parse_args(argv)
     try:
-        engine.validate(args)
+        config = engine.resolve(EXPERIMENT, engine.build_parser(EXPERIMENT).parse_args(argv))
     except engine.UsageError as err:
         return {'skipped': str(err)}
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(config.threads)
     datasets = None
     if dataset == 'c10' and not c10_data:      # stand-in images of CIFAR-10's shape
         g = torch.Generator().manual_seed(0)
@@ -75,7 +74,7 @@ def one(dataset: str, flags: list[str], device: str, c10_steps: int, c10_data: s
                                   torch.randint(0, 10, (50_000,), generator=g)),
                     TensorDataset(torch.randint(0, 256, (10_000, 3, 32, 32), generator=g, dtype=torch.uint8),
                                   torch.randint(0, 10, (10_000,), generator=g)))
-    run = engine.Run(EXPERIMENT, args, datasets if datasets is not None else EXPERIMENT.load_datasets(args))
+    run = engine.Run(EXPERIMENT, config, datasets if datasets is not None else EXPERIMENT.load_datasets(config))
     cuda = run.device.type == 'cuda'
 
     def sync():
@@ -89,10 +88,10 @@ def one(dataset: str, flags: list[str], device: str, c10_steps: int, c10_data: s
         sync()
         t0 = time.perf_counter()
         run.step, _ = train_epoch(run.model, run.optimizers, batches, EXPERIMENT.num_classes, run.step,
-                                  args.i2, lambda *a: None, forward=run.forward, amp=args.amp)
+                                  config.i2, lambda *a: None, forward=run.forward, amp=config.amp)
         sync()
         t1 = time.perf_counter()
-        acc, _ = evaluate(run.model, run.data.test_batches(), run.device, amp=args.amp)
+        acc, _ = evaluate(run.model, run.data.test_batches(), run.device, amp=config.amp)
         sync()
         return t1 - t0, time.perf_counter() - t1, acc
 
@@ -101,7 +100,7 @@ def one(dataset: str, flags: list[str], device: str, c10_steps: int, c10_data: s
     if cuda:
         torch.cuda.reset_peak_memory_stats(run.device)
     train_s, test_s, acc = epoch(1, steps)
-    out = {'threads': args.threads, 'workers': args.workers, 'warmup_train_s': warm_train,
+    out = {'threads': config.threads, 'workers': config.workers, 'warmup_train_s': warm_train,
            'train_s': train_s, 'test_s': test_s, 'test_acc': acc,
            'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if steps is not None:

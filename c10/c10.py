@@ -170,21 +170,20 @@ def load_image_folder(root: Path):
     return tuple(sets)
 
 
-def load_datasets(args):
+def load_datasets(config):
     """CIFAR-10 train set (random crop 32, padding 4, horizontal flip) and test set, [3, 32, 32].
 
     Uses ``<dataset-dir>/cifar-10-batches-py``, extracting ``cifar-10-python.tar.gz`` or
     downloading it when missing; when neither is there but ``<dataset-dir>/train`` is, an
-    image-folder copy (:func:`load_image_folder`). Sets ``args.data_source`` to
-    ``'cifar-10-batches-py'`` or ``'image-folder'``.
+    image-folder copy (:func:`load_image_folder`); :func:`data_source` tells which, as
+    ``run.json`` records it.
 
     Raises:
         engine.UsageError: the data are absent and cannot be downloaded, or the image-folder
             copy is not CIFAR-10's layout (one line).
     """
-    root = args.dataset_dir
-    args.data_source = data_source(root)
-    if args.data_source == 'image-folder':
+    root = config.dataset_dir
+    if data_source(root) == 'image-folder':
         return load_image_folder(root)
     if not (root / 'cifar-10-batches-py').is_dir():
         engine.check_writable_dir('--dataset-dir', root)
@@ -208,10 +207,11 @@ EXPERIMENT = engine.Experiment(
                 'Grad R, Deep R or soft Deep R (Chen et al., IJCAI 2021), or train it unpruned '
                 '(-m no_prune). BatchNorm parameters are trained by a plain Adam, never pruned.',
     defaults={'b': 16, 'lr': 1e-4, 'N': 2048, 'i1': 128, 'i2': 1024, 'eval_batch': 128},
-    build_model=lambda args: CIFAR10SNN(T=args.T),
+    build_model=lambda config: CIFAR10SNN(T=config.T),
     load_datasets=load_datasets,
     augment=random_crop_flip(padding=4),
     mean=MEAN, std=STD,
+    data_source=data_source,
 )
 
 

@@ -41,50 +41,7 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based import functional, layer
 
-from snn import lif
-
-
-class StepwiseBatchNorm2d(layer.BatchNorm2d):
-    """BatchNorm2d whose multi-step forward normalises each time step separately.
-
-    SpikingJelly's ``layer.BatchNorm2d`` in multi-step mode flattens [T, N, C, H, W]
-    to [T*N, C, H, W] and so pools the batch statistics of all T steps and updates
-    the running statistics once. The released network instead calls the batch
-    norm once per time step. This subclass reproduces that: in multi-step mode
-    and when batch statistics are used (training, or no running statistics), it
-    applies the ordinary single-step batch norm to x[0], x[1], ..., x[T-1] in
-    order, i.e. per-step mean/variance over (N, H, W) and T running-statistics
-    updates per call.
-
-    In evaluation mode with running statistics the normalisation is the same
-    affine map for every step, so the pooled [T*N] call of the parent is used.
-
-    Parameters and buffers are those of ``torch.nn.BatchNorm2d`` (weight, bias,
-    running_mean, running_var, num_batches_tracked), so state-dict keys are
-    unchanged.
-
-    Shapes: single-step [N, C, H, W] -> [N, C, H, W];
-            multi-step [T, N, C, H, W] -> [T, N, C, H, W].
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise ``x``: [N, C, H, W] in single-step mode, [T, N, C, H, W] in multi-step.
-
-        Raises:
-            ValueError: an unknown step mode, or a multi-step input that is not 5-D.
-        """
-        if self.step_mode == 's':
-            return super().forward(x)
-        if self.step_mode != 'm':
-            raise ValueError(f'unknown step_mode {self.step_mode!r}')
-        if x.dim() != 5:
-            raise ValueError(f'expected x with shape [T, N, C, H, W], got {tuple(x.shape)}')
-        uses_batch_statistics = self.training or self.running_mean is None
-        if not uses_batch_statistics:
-            return super().forward(x)
-        # one ordinary (single-step) batch norm call per time step, in time order;
-        # unbind (not x[t]) so that backward stacks the T gradients once
-        return torch.stack([nn.BatchNorm2d.forward(self, x_t) for x_t in x.unbind(0)])
+from snn import StepwiseBatchNorm2d, lif
 
 
 def _conv3x3() -> layer.Conv2d:

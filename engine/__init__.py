@@ -4,15 +4,23 @@ A dataset script (``mnist/mnist.py``, ``c10/c10.py``) describes what differs, it
 data and defaults, in an :class:`Experiment`, and hands it to :func:`main`, which owns
 everything else. Modules, by concern:
 
-- ``engine.cli``: the released command line, its validation, the device, the run name;
-- ``engine.optimizers``: the synapse optimizer (Grad R, Deep R or Adam) and BatchNorm's Adam;
-- ``engine.data``: the data loaders;
-- ``engine.metrics``: sparsity, prune/regrow counts, firing rates, evaluation;
-- ``engine.checkpoint``: checkpoints, generator states, ``metrics.jsonl`` after a crash;
+- ``engine.methods``: the pruning methods, one record each (Grad R, Deep R, soft Deep R,
+  no pruning), which everything else reads;
+- ``engine.cli``: the released command line, its validation, the device, the run name, and
+  ``engine.config``: the run's configuration, resolved once and frozen;
+- ``engine.optimizers``: the method's synapse optimizer and BatchNorm's Adam;
+- ``engine.data``: the data pipelines;
+- ``engine.metrics`` and ``engine.sops``: sparsity, prune/regrow counts, firing rates,
+  evaluation, synaptic operations;
+- ``engine.checkpoint``: checkpoint files, generator states, ``metrics.jsonl`` after a crash,
+  and ``engine.persist``: the one owner of a run's files;
 - ``engine.logs``: TensorBoard, the per-epoch record and the console lines;
 - ``engine.safety``: the run's lock, SIGINT/SIGTERM, the NaN/Inf watch;
-- ``engine.distributed``: one run over several torchrun processes (DistributedDataParallel);
+- ``engine.distributed``: ranks, collectives and the launch under torchrun;
 - ``engine.run``: one run, trained epoch by epoch, resumed, tested.
+
+The spiking-network pieces (LIF neurons, per-time-step BatchNorm, what a synapse is) are in
+the top-level package ``snn``.
 
 Conventions follow ``docs/method.md``, "Experiment conventions".
 """
@@ -33,17 +41,19 @@ warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated',
 # CUDA runtime is found: true, and nothing to act on.
 logging.getLogger('torch.utils.cpp_extension').setLevel(logging.ERROR)
 
-from engine import distributed, safety  # noqa: E402
+from engine import distributed, methods, safety  # noqa: E402
 from engine.checkpoint import (CheckpointError, SaveError, atomic_copy, atomic_save,  # noqa: E402
                                load_checkpoint, read_checkpoint)
-from engine.cli import (DEFAULT_SEED, MODES, REPO_ROOT, Experiment, UsageError,  # noqa: E402
-                        build_parser, check_writable_dir, run_name, validate)
+from engine.cli import DEFAULT_SEED, Experiment, build_parser, check_writable_dir, resolve, run_name  # noqa: E402
+from engine.config import REPO_ROOT, RunConfig  # noqa: E402
+from engine.errors import UsageError  # noqa: E402
 from engine.metrics import LINK_THRESHOLD, evaluate, sparsity_report  # noqa: E402
+from engine.persist import RunFiles  # noqa: E402
 from engine.run import Run  # noqa: E402
 
 
 def main(exp: Experiment, argv: Sequence[str] | None = None, datasets=None) -> int:
-    """Parse the command line, validate it, then train (resuming) or run ``-test``.
+    """Parse the command line, check it, then train (resuming) or run ``-test``.
 
     Args:
         exp: the dataset script's :class:`Experiment`.
@@ -63,27 +73,25 @@ def main(exp: Experiment, argv: Sequence[str] | None = None, datasets=None) -> i
     only rank 0 prints the lines. A ``-b`` that the number of processes does not divide is a
     usage error (2); processes whose weights differ after an epoch stop with 1.
     """
-    parser = build_parser(exp)
-    args = parser.parse_args(argv)
+    args = build_parser(exp).parse_args(argv)
     command = [exp.prog, *(sys.argv[1:] if argv is None else argv)]
-    dist = distributed.Context.from_env()
-    run = None
+    ranks = distributed.Ranks.from_env()
+    run = config = None
     try:
-        dist.share_cores(args)
-        validate(args)
-        dist.start(args)
-        torch.set_num_threads(args.threads)
-        if args.test:
-            _check_test_source(args)
-            Run(exp, args, datasets if datasets is not None else exp.load_datasets(args)).test()
+        config = resolve(exp, args, ranks)
+        distributed.start(ranks, config.device)
+        torch.set_num_threads(config.threads)
+        data = (lambda: datasets) if datasets is not None else (lambda: exp.load_datasets(config))
+        if config.test:
+            RunFiles(config).check_test_source()
+            Run(exp, config, data()).test()
             return 0
-        dist.check_unlocked(args.dump_dir / 'models' / run_name(args))
+        RunFiles(config).check_unlocked()
         with safety.interrupts_raise():
             try:
                 try:
-                    run = Run(exp, args, datasets if datasets is not None else exp.load_datasets(args))
-                    with dist.run_lock(run.model_dir):
-                        dist.resume(run)
+                    run = Run(exp, config, data())
+                    with run.files.locked():
                         run.train()
                     return 0
                 except RuntimeError as err:
@@ -93,56 +101,46 @@ def main(exp: Experiment, argv: Sequence[str] | None = None, datasets=None) -> i
                     sig = safety.interrupt_of(death)
                     if sig is not None:
                         return _stopped(exp, run, f'interrupted (a data-loader worker got {sig.name})',
-                                        command, safety.EXIT_STATUS[sig], dist)
-                    return _stopped(exp, run, f'a data-loader worker died ({death})', command, 1, dist,
+                                        command, safety.EXIT_STATUS[sig])
+                    return _stopped(exp, run, f'a data-loader worker died ({death})', command, 1,
                                     any_rank=True)
                 except safety.NonFinite as err:
-                    dist.say(f'{exp.prog}: stopped at epoch {run.epoch}: {err}; nothing of epoch '
-                             f'{run.epoch} was saved; {run.last_good()}')
+                    distributed.say(f'{exp.prog}: stopped at epoch {run.epoch}: {err}; nothing of epoch '
+                                    f'{run.epoch} was saved; {run.files.last_good()}')
                     return 1
                 except (SaveError, distributed.RanksDiverged) as err:
-                    dist.say(f'{exp.prog}: stopped at epoch {run.epoch}: {err}; {run.last_good()}')
+                    distributed.say(f'{exp.prog}: stopped at epoch {run.epoch}: {err}; {run.files.last_good()}')
                     return 1
             # Outside: also a signal that arrives while another error is handled (under
             # torchrun, a collective fails when a peer that got the signal first has ended).
             except safety.Interrupted as sig:
-                return _stopped(exp, run, f'interrupted by {sig}', command, sig.exit_status, dist)
+                return _stopped(exp, run, f'interrupted by {sig}', command, sig.exit_status)
     except UsageError as err:
-        dist.say(f'{exp.prog}: error: {err}')
+        # Before the process group: rank 0 of each node says it (another node's rank 0
+        # cannot hear the first node's).
+        distributed.say(f'{exp.prog}: error: {err}', any_rank=ranks.local_rank == 0, ranks=ranks)
         return 2
     except OSError as err:      # a file that cannot be read, made or moved (a failed save: SaveError)
         what = str(err).splitlines()[0]     # (a loader worker's error carries its traceback)
         if args.test:
-            dist.say(f'{exp.prog}: error: {what}', any_rank=True)
+            distributed.say(f'{exp.prog}: error: {what}', any_rank=True, ranks=ranks)
             return 1
-        return _stopped(exp, run, f'stopped: {what}', command, 1, dist, any_rank=True)
+        return _stopped(exp, run, f'stopped: {what}', command, 1, any_rank=True, ranks=ranks)
     finally:
-        dist.close()
+        distributed.close()
 
 
-def _check_test_source(args) -> None:
-    """``-test`` needs a checkpoint of the run (or ``--resume-from``).
-
-    Raises:
-        UsageError: there is none.
-    """
-    model_dir = args.dump_dir / 'models' / run_name(args)
-    if args.resume_from is None and not any((model_dir / f).exists() for f in ('checkpoint.pt', 'checkpoint-prev.pt')):
-        raise UsageError(f'-test: no checkpoint of run {run_name(args)} under '
-                         f'{args.dump_dir / "models"}; train it first (same flags without -test)')
-
-
-def _stopped(exp: Experiment, run, what: str, command: list, status: int, dist,
-             any_rank: bool = False) -> int:
+def _stopped(exp: Experiment, run, what: str, command: list, status: int, any_rank: bool = False,
+             ranks=None) -> int:
     """The one line of a run that stopped before its end: ``what``, the last good
     checkpoint and the command that resumes (less ``--resume-from`` once the run has saved
     its own checkpoint); returns ``status``. Rank 0's line, or with ``any_rank`` the line
     of any rank that got there (a failure of its own)."""
-    kept = run.last_good() if run is not None else 'nothing was written'
-    if run is not None and run.saved is not None and run.saved[0] == run.checkpoint:
+    kept = run.files.last_good() if run is not None else 'nothing was written'
+    if run is not None and run.files.saved is not None and run.files.saved[0] == run.files.checkpoint:
         command = _without_resume_from(command)
-    dist.say(f'{exp.prog}: {what}; {kept}; to resume, run the same command again: '
-             f'{shlex.join(command)}', any_rank=any_rank)
+    distributed.say(f'{exp.prog}: {what}; {kept}; to resume, run the same command again: '
+                    f'{shlex.join(command)}', any_rank=any_rank, ranks=ranks)
     return status
 
 

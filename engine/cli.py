@@ -7,6 +7,7 @@ Everything here runs before any work starts: a bad flag ends as one :class:`Usag
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -19,16 +20,13 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
+from engine import methods
 from engine.augment import Augmentation
-from engine.optimizers import make_synapse_optimizer
+from engine.config import REPO_ROOT, RunConfig
+from engine.distributed import Ranks
+from engine.errors import UsageError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-MODES = ('grad', 'deep', 'no_prune')
 DEFAULT_SEED = 2020
-
-
-class UsageError(Exception):
-    """Bad command-line input or missing data/run: reported as one line, exit status 2."""
 
 
 @dataclass
@@ -41,12 +39,14 @@ class Experiment:
         defaults: released defaults of the flags that differ per data set:
             ``b`` (batch size), ``lr``, ``N`` (last epoch), ``i1``, ``i2``, and
             ``eval_batch`` (batch of the test pass).
-        build_model: ``args -> nn.Module``; the module maps images [N, C, H, W] to output
+        build_model: ``config -> nn.Module`` (config: :class:`engine.config.RunConfig`); the module maps images [N, C, H, W] to output
             firing rates [N, num_classes] in multi-step mode and has LIF layers from
             SpikingJelly. Parameters with more than one dimension are the synapses that
             the rewiring optimizers prune; the others (BatchNorm) get a plain Adam.
-        load_datasets: ``args -> (train_set, test_set)`` of (image tensor, int label)
+        load_datasets: ``config -> (train_set, test_set)`` of (image tensor, int label)
             pairs; raises :class:`UsageError` with one line when the data cannot be had.
+        data_source: ``dataset_dir -> str``: which copy of the data set a run reads (recorded
+            in ``run.json``), for a data set with several layouts; None: one layout.
         num_classes: number of output classes (one-hot width of the MSE target).
         augment: the training augmentation of the device data path
             (:class:`engine.augment.Augmentation`), the released one batched; None: none.
@@ -55,12 +55,13 @@ class Experiment:
     prog: str
     description: str
     defaults: dict
-    build_model: Callable[[argparse.Namespace], nn.Module]
-    load_datasets: Callable[[argparse.Namespace], tuple[Dataset, Dataset]]
+    build_model: Callable[[RunConfig], nn.Module]
+    load_datasets: Callable[[RunConfig], tuple[Dataset, Dataset]]
     num_classes: int = 10
     augment: Augmentation | None = None
     mean: tuple = (0.0,)
     std: tuple = (1.0,)
+    data_source: Callable[[Path], str] | None = None
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -92,8 +93,11 @@ def build_parser(exp: Experiment) -> argparse.ArgumentParser:
     p.add_argument('-T', type=int, default=8, help='simulation time steps per sample')
     p.add_argument('-N', type=int, default=d['N'],
                    help=f"index of the last epoch: epochs 0..N are trained ({d['N'] + 1} by default)")
-    p.add_argument('-m', choices=MODES, default='no_prune', help='pruning method')
-    p.add_argument('-soft', action='store_true', help='soft Deep R (with -m deep)')
+    p.add_argument('-m', choices=list(dict.fromkeys(m.cli for m in methods.METHODS.values())),
+                   default='no_prune', help='pruning method: ' + ', '.join(
+                       f'{" ".join(m.argv[1:])} ({m.label})' for m in methods.METHODS.values()))
+    for option in methods.options():
+        p.add_argument(*option.flags, **option.kwargs)
     p.add_argument('-test', action='store_true',
                    help="evaluate the run's latest checkpoint and save its firing rates")
     p.add_argument('-i1', type=int, default=d['i1'], metavar='E',
@@ -126,9 +130,6 @@ def build_parser(exp: Experiment) -> argparse.ArgumentParser:
     p.add_argument('--eval-batch', type=int, default=d['eval_batch'], metavar='B',
                    help='batch size of the test pass (BatchNorm in evaluation mode: results '
                         'do not depend on it)')
-    p.add_argument('--deepr-regrowth', choices=('released', 'active'), default='released',
-                   help="with -m deep: reactivated synapses as in the released runs (never "
-                        "trained again) or as Bellec et al. 2018 (trained); see docs/method.md")
     p.add_argument('--train-size', type=int, default=None, metavar='K',
                    help='train on the first K training samples only (a smoke test; named in the run)')
     p.add_argument('--resume-from', type=_folder, default=None, metavar='PATH',
@@ -149,48 +150,35 @@ def _folder(text: str) -> Path:
     return Path(text)
 
 
-def _sci(x: float) -> str:
-    return np.format_float_scientific(x, trim='-', exp_digits=1)
-
-
-def run_name(args: argparse.Namespace) -> str:
+def run_name(flags: dict, method: methods.Method) -> str:
     """The released run name, e.g. ``lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-grad``.
 
-    Flags the release did not have add a suffix when they differ from their defaults
-    (``-seed-7``, ``-regrowth-active``, ``-train-K``, ``-test-K``), so that such runs do not
-    resume each other; ``s`` is written in full (``0.95``, ``0.9500001``).
+    ``flags`` are the parsed flags by name. Flags the release did not have add a suffix when
+    they differ from their defaults (``-seed-7``, the method's own, e.g. ``-regrowth-active``,
+    ``-train-K``, ``-test-K``), so that such runs do not resume each other; ``s`` is written
+    in full (``0.95``, ``0.9500001``).
     """
-    name = f'lr-{_sci(args.lr)}-b-{args.b}-T-{args.T}'
-    pruning = args.m != 'no_prune'
-    if pruning:
-        name += f'-penalty-{_sci(args.penalty)}'
-    if args.soft:
-        name = 'soft-' + name
-    if args.s is not None and pruning:
-        name += f'-s-{args.s}'
-    name += f'-{args.m}'
-    if args.seed != DEFAULT_SEED:
-        name += f'-seed-{args.seed}'
-    if args.m == 'deep' and not args.soft and args.deepr_regrowth != 'released':
-        name += f'-regrowth-{args.deepr_regrowth}'
-    if args.train_size is not None:
-        name += f'-train-{args.train_size}'
-    if args.test_size is not None:
-        name += f'-test-{args.test_size}'
+    name = f'{method.name_prefix}lr-{methods.sci(flags["lr"])}-b-{flags["b"]}-T-{flags["T"]}'
+    name += f'{methods.grid_name(method, flags)}-{method.cli}'
+    if flags['seed'] != DEFAULT_SEED:
+        name += f'-seed-{flags["seed"]}'
+    name += method.name_tail(flags)
+    if flags['train_size'] is not None:
+        name += f'-train-{flags["train_size"]}'
+    if flags['test_size'] is not None:
+        name += f'-test-{flags["test_size"]}'
     return name
 
 
-_FLAG_OF_ARGUMENT = {'s': '-s', 'max_s': '-s', 'alpha': '-penalty', 'l1': '-penalty', 'lr': '-lr'}
-"""The flag that sets each optimizer argument named first in its ValueError."""
-
-
-def validate(args: argparse.Namespace) -> None:
-    """Check the flags before any work starts; sets ``args.device`` to a ``torch.device``.
+def resolve(exp: Experiment, args: argparse.Namespace, ranks: Ranks | None = None) -> RunConfig:
+    """Check every flag, before any work starts, and resolve the run's configuration for
+    this process (``ranks``: its place under torchrun; one process by default).
 
     Raises:
         UsageError: one line naming the flag and what is allowed.
     """
-    args.device = resolve_device(args)
+    ranks = ranks or Ranks()
+    flags = dict(vars(args))
     positive = {'-b': args.b, '-T': args.T, '-i1': args.i1, '-i2': args.i2,
                 '--eval-batch': args.eval_batch}
     for flag, value in positive.items():
@@ -208,85 +196,100 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError(f'-penalty must be a number >= 0, got {args.penalty}')
     if args.N < 0:
         raise UsageError(f'-N (last epoch) must be >= 0, got {args.N}')
-    choose_threads(args)
-    check_amp(args)
-    check_compile(args)
+    if ranks.active and args.b % ranks.world_size:
+        raise UsageError(f'-b {args.b}: the global batch must be a multiple of the {ranks.world_size} '
+                         f'processes (each takes b/{ranks.world_size} samples of every batch)')
+    device = resolve_device(args, ranks)
+    workers, threads = choose_threads(args.data_pipeline, args.workers, args.threads, ranks)
+    check_amp(args.amp, device)
+    compile = check_compile(args.compile, device)
     check_writable_dir('--dump-dir', args.dump_dir)
-    if args.soft and args.m != 'deep':
-        raise UsageError(f'-soft applies to -m deep only, got -m {args.m}')
-    if args.m != 'no_prune':
-        if args.s is None and not (args.m == 'grad' and args.penalty <= 1e-8):
-            allowed = '0.5 <= s < 1' if args.m == 'grad' else '0 <= s <= 1'
-            raise UsageError(f'-s (target sparsity) is required with -m {args.m}; allowed: {allowed}')
-        try:
-            make_synapse_optimizer(args, [nn.Parameter(torch.zeros(1))])
-        except ValueError as err:
-            flag = _FLAG_OF_ARGUMENT.get(str(err).split()[0], '')
-            raise UsageError(f'-m {args.m} {flag}: {err}'.replace('  ', ' ')) from None
+    try:
+        method = methods.select(flags)
+        if method.check is not None:
+            method.check(flags)
+    except methods.MethodError as err:
+        raise UsageError(str(err)) from None
+    own = {o.dest for o in method.options}
+    shared = {f.name for f in dataclasses.fields(RunConfig)}
+    return RunConfig(
+        prog=exp.prog, name=run_name(flags, method), method=method,
+        options={k: v for k, v in flags.items() if k in own},
+        **{k: v for k, v in flags.items() if k in shared and k not in ('device', 'workers', 'threads', 'compile')},
+        device=device, workers=workers, threads=threads, compile=compile,
+        data_source=exp.data_source(args.dataset_dir) if exp.data_source is not None else None,
+        rank=ranks.rank, local_rank=ranks.local_rank, world_size=ranks.world_size,
+        distributed=ranks.active)
 
 
-def choose_threads(args: argparse.Namespace) -> None:
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+
+
+def choose_threads(pipeline: str, workers: int | None, threads: int | None,
+                   ranks: Ranks) -> tuple[int, int]:
     """Share the CPU cores between torch threads and loader workers (no oversubscription):
-    workers only for ``--data-pipeline released`` (default min(4, cores)), threads default to
-    the cores left, at least 1. Sets ``args.workers`` and ``args.threads``.
+    workers only for ``--data-pipeline released`` (default min(4, cores)); threads default to
+    the cores left, at least 1, or under torchrun to an equal share of the node's cores per
+    process. Returns ``(workers, threads)``.
 
     Raises:
         UsageError: a negative --workers, or --threads below 1.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
-    if args.workers is None:
-        args.workers = min(4, cores) if args.data_pipeline == 'released' else 0
-    if args.workers < 0:
-        raise UsageError(f'--workers must be >= 0, got {args.workers}')
-    if args.threads is None:
-        args.threads = max(1, cores - args.workers)
-    if args.threads < 1:
-        raise UsageError(f'--threads must be >= 1, got {args.threads}')
+    cores = _cores()
+    if workers is None:
+        workers = min(4, cores) if pipeline == 'released' else 0
+    if workers < 0:
+        raise UsageError(f'--workers must be >= 0, got {workers}')
+    if threads is None:
+        threads = max(1, cores // ranks.local_world_size) if ranks.active else max(1, cores - workers)
+    if threads < 1:
+        raise UsageError(f'--threads must be >= 1, got {threads}')
+    return workers, threads
 
 
-def check_amp(args: argparse.Namespace) -> None:
+def check_amp(amp: bool, device: torch.device) -> None:
     """``--amp`` needs bfloat16 on the run's device: ``torch.cuda.is_bf16_supported()`` on
     CUDA, native bfloat16 instructions (AVX512-BF16 or AMX) on a CPU.
 
     Raises:
         UsageError: --amp on a device without bfloat16.
     """
-    if not args.amp:
+    if not amp:
         return
-    if args.device.type == 'cuda':
-        with torch.cuda.device(args.device):
+    if device.type == 'cuda':
+        with torch.cuda.device(device):
             ok = torch.cuda.is_bf16_supported()
-    elif args.device.type == 'cpu':
+    elif device.type == 'cpu':
         ok = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     else:
         ok = False
     if not ok:
-        raise UsageError(f'--amp: {args.device} has no native bfloat16 support '
+        raise UsageError(f'--amp: {device} has no native bfloat16 support '
                          f'(CUDA with bf16, or a CPU with AVX512-BF16 or AMX); drop --amp')
 
 
-def check_compile(args: argparse.Namespace) -> None:
-    """``--compile`` needs torch.compile's toolchain: a C++ compiler for the CPU, Triton for
-    CUDA.
-
-    Sets ``args.compile`` to True or False: by default, True when the toolchain is there.
+def check_compile(wanted: bool | None, device: torch.device) -> bool:
+    """Whether the run compiles: ``--compile`` needs torch.compile's toolchain, a C++ compiler
+    for the CPU, Triton for CUDA; by default (None) it is on when that toolchain is there.
 
     Raises:
         UsageError: --compile given and the toolchain is missing.
     """
-    if args.device.type == 'cuda':
+    if device.type == 'cuda':
         import importlib.util
         missing = None if importlib.util.find_spec('triton') else 'Triton is not installed'
-    elif args.device.type == 'cpu':
+    elif device.type == 'cpu':
         compilers = (os.environ.get('CXX', 'g++'), 'g++', 'c++', 'clang++')
         missing = None if any(shutil.which(cc) for cc in compilers) else 'no C++ compiler (g++, c++, clang++ or $CXX) found'
     else:
-        missing = f'no torch.compile backend is set up here for {args.device.type}'
-    if args.compile is None:
-        args.compile = missing is None
-    elif args.compile and missing:
-        raise UsageError(f'--compile: {missing}, which torch.compile needs on {args.device.type}; '
+        missing = f'no torch.compile backend is set up here for {device.type}'
+    if wanted is None:
+        return missing is None
+    if wanted and missing:
+        raise UsageError(f'--compile: {missing}, which torch.compile needs on {device.type}; '
                          f'use --no-compile')
+    return wanted
 
 
 def check_writable_dir(flag: str, folder: Path) -> None:
@@ -309,11 +312,13 @@ def check_writable_dir(flag: str, folder: Path) -> None:
     probe.close()
 
 
-def resolve_device(args: argparse.Namespace) -> torch.device:
-    """``--device``, else ``cuda:<-gpu>``, else CUDA when available, else the CPU.
+def resolve_device(args: argparse.Namespace, ranks: Ranks) -> torch.device:
+    """``--device``, else ``cuda:<-gpu>``, else CUDA when available, else the CPU; under
+    torchrun on CUDA, ``cuda:LOCAL_RANK``.
 
     Raises:
-        UsageError: both flags given, not a device, or a CUDA device that is not here.
+        UsageError: both flags given, not a device, a CUDA device that is not here, or under
+            torchrun a CUDA index given, or fewer CUDA devices on the node than processes.
     """
     if args.device is not None and args.gpu is not None:
         raise UsageError('give either -gpu or --device, not both')
@@ -327,9 +332,18 @@ def resolve_device(args: argparse.Namespace) -> torch.device:
         device = torch.device(spec)
     except RuntimeError:
         raise UsageError(f'--device: not a torch device: {spec!r} (e.g. cpu, cuda, cuda:0)') from None
-    if device.type == 'cuda':
-        if not torch.cuda.is_available():
-            raise UsageError(f'{spec}: CUDA is not available on this machine; use --device cpu')
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f'{spec}: only {torch.cuda.device_count()} CUDA device(s) here')
-    return device
+    if device.type != 'cuda':
+        return device
+    if not torch.cuda.is_available():
+        raise UsageError(f'{spec}: CUDA is not available on this machine; use --device cpu')
+    present = torch.cuda.device_count()
+    if not ranks.active:
+        if device.index is not None and device.index >= present:
+            raise UsageError(f'{spec}: only {present} CUDA device(s) here')
+        return device
+    if device.index is not None:
+        raise UsageError(f'{device}: under torchrun each process uses cuda:LOCAL_RANK; '
+                         f'give --device cuda (or nothing) instead of -gpu / --device cuda:ID')
+    if ranks.local_world_size > present:
+        raise UsageError(f'{ranks.local_world_size} processes on this node but only {present} CUDA device(s)')
+    return torch.device('cuda', ranks.local_rank)

@@ -9,14 +9,14 @@ the run's device (``docs/method.md``, "Data and augmentation").
 """
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from engine.augment import epoch_draws, normalise
-from engine.cli import UsageError
+from engine.augment import derived_seed, epoch_draws, normalise
+from engine.config import RunConfig
+from engine.distributed import shard_of
+from engine.errors import UsageError
 
 
 def subset(ds: Dataset, k: int | None) -> Dataset:
@@ -24,8 +24,8 @@ def subset(ds: Dataset, k: int | None) -> Dataset:
     return ds if k is None else Subset(ds, range(min(k, len(ds))))
 
 
-def make_loader(ds: Dataset, args: argparse.Namespace, shuffle: bool, batch_size: int | None = None,
-                drop_last: bool = False) -> DataLoader:
+def make_loader(ds: Dataset, config: RunConfig, shuffle: bool, batch_size: int | None = None,
+                drop_last: bool = False, **kwargs) -> DataLoader:
     """A DataLoader that draws its shuffling and worker seeds from torch's global generator.
 
     As in the released scripts (DataLoader without a generator): after seeding and building
@@ -33,49 +33,83 @@ def make_loader(ds: Dataset, args: argparse.Namespace, shuffle: bool, batch_size
     from the global stream, so a run with a given ``--seed`` sees the released scripts' data
     order. Workers are not persistent: each epoch's workers are seeded anew from that stream,
     whose state the checkpoint keeps, so a resumed run shuffles and augments exactly as an
-    uninterrupted one. ``batch_size`` defaults to ``-b``.
+    uninterrupted one. ``batch_size`` defaults to ``-b``; ``kwargs`` go to the DataLoader.
     """
-    return DataLoader(ds, batch_size=batch_size or args.b, shuffle=shuffle,
-                      num_workers=args.workers, pin_memory=args.device.type == 'cuda',
-                      drop_last=drop_last)
+    return DataLoader(ds, batch_size=batch_size or config.b, shuffle=shuffle,
+                      num_workers=config.workers, pin_memory=config.device.type == 'cuda',
+                      drop_last=drop_last, **kwargs)
 
 
-def check_enough_samples(n: int, args: argparse.Namespace) -> None:
+def check_enough_samples(n: int, b: int) -> None:
     """Training drops the last partial batch, as released: fewer than ``-b`` samples would
     train nothing.
 
     Raises:
         UsageError: ``n < -b``.
     """
-    if n < args.b:
-        raise UsageError(f'-b {args.b}: the training set has only {n} samples, fewer than one '
+    if n < b:
+        raise UsageError(f'-b {b}: the training set has only {n} samples, fewer than one '
                          f'batch (the last partial batch is dropped, as released); lower -b')
+
+
+def check_test_shards(n: int, world_size: int) -> None:
+    """Every process of a distributed run evaluates its own shard of the test set.
+
+    Raises:
+        UsageError: fewer test samples than processes.
+    """
+    if n < world_size:
+        raise UsageError(f'the test set has {n} samples, fewer than the {world_size} '
+                         f'processes that share it; use more test samples')
 
 
 class ReleasedPipeline:
     """The released data path: a shuffling training DataLoader that drops the last partial
     batch (MNIST 468 steps an epoch, CIFAR-10 3,125) and a test DataLoader that keeps every
-    sample, both moving batches to ``args.device``.
+    sample, both moving batches to the run's device.
+
+    Under torchrun (``config.world_size`` K > 1) each process trains on a
+    ``DistributedSampler`` (seeded with ``--seed``, reshuffled per epoch) of b/K samples a
+    step, its loader's worker seeds drawn from (seed, epoch, rank), and evaluates a
+    contiguous shard of the test set.
 
     ``settings`` is what a resumed run must share with the checkpoint: the augmentation's
     random stream depends on the number of loader workers.
+
+    Raises:
+        UsageError: fewer training samples than one batch, or fewer test samples than
+            processes.
     """
     name = 'released'
 
-    def __init__(self, datasets: tuple[Dataset, Dataset], args: argparse.Namespace):
-        train_set, test_set = subset(datasets[0], args.train_size), subset(datasets[1], args.test_size)
-        check_enough_samples(len(train_set), args)
-        self.device = args.device
-        self.train_loader = make_loader(train_set, args, shuffle=True, drop_last=True)
-        self.test_loader = make_loader(test_set, args, shuffle=False, batch_size=args.eval_batch)
-        self.settings = {'data_pipeline': self.name, 'workers': args.workers}
+    def __init__(self, datasets: tuple[Dataset, Dataset], config: RunConfig):
+        train_set, test_set = subset(datasets[0], config.train_size), subset(datasets[1], config.test_size)
+        check_enough_samples(len(train_set), config.b)
+        self.device, self.config = config.device, config
+        self.sampler = self.generator = None
+        if config.world_size > 1:
+            check_test_shards(len(test_set), config.world_size)
+            self.sampler = DistributedSampler(train_set, config.world_size, config.rank, shuffle=True,
+                                              seed=config.seed, drop_last=True)
+            self.generator = torch.Generator()
+            self.train_loader = make_loader(train_set, config, False, config.b // config.world_size, True,
+                                            sampler=self.sampler, generator=self.generator)
+            test_set = Subset(test_set, shard_of(len(test_set), config.rank, config.world_size))
+        else:
+            self.train_loader = make_loader(train_set, config, shuffle=True, drop_last=True)
+        self.test_loader = make_loader(test_set, config, shuffle=False, batch_size=config.eval_batch)
+        self.settings = {'data_pipeline': self.name, 'workers': config.workers}
 
     def _to_device(self, loader):
         for img, label in loader:
             yield img.to(self.device, non_blocking=True), label.to(self.device, non_blocking=True)
 
     def train_batches(self, epoch: int):
-        """The training batches of ``epoch`` (order from torch's global generator)."""
+        """The training batches of ``epoch`` (order from torch's global generator, or under
+        torchrun from the sampler's epoch)."""
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+            self.generator.manual_seed(derived_seed(self.config.seed, epoch, self.config.rank))
         return self._to_device(self.train_loader)
 
     def test_batches(self):
@@ -135,22 +169,35 @@ class DevicePipeline:
     whose draws depend on (seed, epoch, sample index) alone, then normalises it. The test set
     is normalised once. Training drops the last partial batch, as released; test batches of
     ``--eval-batch`` keep every sample.
+
+    Under torchrun (``config.world_size`` K > 1) every process shuffles and augments exactly
+    as one process would and trains on its slice ``[r*b/K, (r+1)*b/K)`` of each batch; it
+    evaluates a contiguous shard of the test set.
+
+    Raises:
+        UsageError: fewer training samples than one batch, or fewer test samples than
+            processes.
     """
     name = 'device'
 
-    def __init__(self, datasets: tuple[Dataset, Dataset], args: argparse.Namespace, augment,
+    def __init__(self, datasets: tuple[Dataset, Dataset], config: RunConfig, augment,
                  mean: tuple, std: tuple):
-        self.device, self.b, self.seed = args.device, args.b, args.seed
+        self.device, self.b, self.seed = config.device, config.b, config.seed
         self.augment, self.mean, self.std = augment, mean, std
-        train_x, self.train_y = decode(datasets[0], args.train_size)
-        check_enough_samples(len(train_x), args)
-        test_x, test_y = decode(datasets[1], args.test_size)
+        train_x, self.train_y = decode(datasets[0], config.train_size)
+        check_enough_samples(len(train_x), config.b)
+        test_x, test_y = decode(datasets[1], config.test_size)
+        per_rank = config.b // config.world_size
+        self.shard = slice(config.rank * per_rank, (config.rank + 1) * per_rank)   # of each batch
+        if config.world_size > 1:
+            check_test_shards(len(test_x), config.world_size)
+            part = shard_of(len(test_x), config.rank, config.world_size)
+            test_x, test_y = test_x[part.start:part.stop], test_y[part.start:part.stop]
         self.train_x, self.train_y = train_x.to(self.device), self.train_y.to(self.device)
         self.test = [(normalise(x.to(self.device), mean, std), y.to(self.device))
-                     for x, y in zip(test_x.split(args.eval_batch), test_y.split(args.eval_batch))]
-        self.generator = torch.Generator().manual_seed(args.seed)
+                     for x, y in zip(test_x.split(config.eval_batch), test_y.split(config.eval_batch))]
+        self.generator = torch.Generator().manual_seed(config.seed)
         self.settings = {'data_pipeline': self.name}
-        self.shard = slice(None)    # the part of each batch this process trains (engine.distributed)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -182,13 +229,13 @@ class DevicePipeline:
         self.generator.set_state(state['generator'])
 
 
-def make_pipeline(datasets: tuple[Dataset, Dataset], args: argparse.Namespace, exp):
+def make_pipeline(datasets: tuple[Dataset, Dataset], config: RunConfig, exp):
     """The run's data pipeline for ``--data-pipeline``: :class:`DevicePipeline` with the
     experiment's augmentation and normalisation, or :class:`ReleasedPipeline`.
 
     Raises:
         UsageError: the training set is smaller than one batch.
     """
-    if args.data_pipeline == 'released':
-        return ReleasedPipeline(datasets, args)
-    return DevicePipeline(datasets, args, exp.augment, exp.mean, exp.std)
+    if config.data_pipeline == 'released':
+        return ReleasedPipeline(datasets, config)
+    return DevicePipeline(datasets, config, exp.augment, exp.mean, exp.std)

@@ -13,15 +13,17 @@ import torch.nn as nn
 
 from torch.utils.tensorboard import SummaryWriter
 
+from engine.methods import Method
 from engine.metrics import prune_regrow_counts, sparsity_report
-from engine.optimizers import synapses
+from snn import synapses
 
 
-def log_epoch(writer, model: nn.Module, synapse_optimizer: torch.optim.Optimizer, epoch: int,
-              step: int, histograms: bool, acc: float, rates: dict, before: dict,
+def log_epoch(writer, model: nn.Module, method: Method, synapse_optimizer: torch.optim.Optimizer,
+              epoch: int, step: int, histograms: bool, acc: float, rates: dict, before: dict,
               train_s: float, test_s: float) -> dict:
     """Write one epoch's TensorBoard scalars (and, when ``histograms``, firing rates and
-    weight/theta histograms) and return its ``metrics.jsonl`` record.
+    weight histograms, and the histograms of the method's hidden strength theta where it has
+    one: ``Method.strength``) and return its ``metrics.jsonl`` record.
 
     ``before`` maps each synapse tensor's name to its linked mask at the previous
     evaluation (updated in place) for the prune/regrow counts.
@@ -43,11 +45,12 @@ def log_epoch(writer, model: nn.Module, synapse_optimizer: torch.optim.Optimizer
         for layer, r in rates.items():
             writer.add_scalar(f'avg_firing_rate/{layer}', r['avg_firing_rate'], epoch)
             writer.add_scalar(f'nonfire_prop/{layer}', r['nonfire_prop'], epoch)
-        state = synapse_optimizer.state
-        for name, p in synapses(model).items():
+        weights = synapses(model)
+        thetas = method.strength(synapse_optimizer, weights) if method.strength is not None else {}
+        for name, p in weights.items():
             writer.add_histogram(f'{name}-w', p.detach(), epoch)
-            if 'strength' in state.get(p, {}):
-                writer.add_histogram(f'{name}-theta', state[p]['strength'], epoch)
+            if name in thetas:
+                writer.add_histogram(f'{name}-theta', thetas[name], epoch)
     writer.flush()
     record = {'epoch': epoch, 'step': step, 'test_acc': acc,
               'sparsity': report['overall'], 'layer_sparsity': report['layers'],
@@ -118,17 +121,3 @@ class NullWriter:
         pass
 
     close = flush
-
-
-class NotATerminal:
-    """A stream wrapper whose ``isatty()`` is False: progress bars stay off on ranks > 0,
-    while tracebacks still reach the stream."""
-
-    def __init__(self, stream):
-        self._stream = stream
-
-    def isatty(self) -> bool:
-        return False
-
-    def __getattr__(self, name):
-        return getattr(self._stream, name)

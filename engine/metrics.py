@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from engine import safety
-from engine.optimizers import non_synapses, synapses
+from engine.distributed import all_sum
+from snn import non_synapses, synapses
 
 LINK_THRESHOLD = 1e-10
 """A synapse is linked while ``|w| >= LINK_THRESHOLD``."""
@@ -98,6 +99,16 @@ class FiringRateMonitor:
             h.remove()
         self._handles = []
 
+    def reduce(self) -> 'FiringRateMonitor':
+        """Sum the spike and sample counts over the processes of a distributed run, in place
+        (nothing in one process); returns ``self``."""
+        for name in sorted(self.spikes):
+            all_sum(self.spikes[name])
+        if self.spikes:
+            device = next(iter(self.spikes.values())).device
+            self.samples = int(all_sum(torch.tensor(self.samples, device=device)))
+        return self
+
     def results(self) -> dict:
         """``{layer: {'avg_firing_rate', 'nonfire_prop', 'per_neuron'}}``.
 
@@ -118,13 +129,10 @@ class FiringRateMonitor:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, desc: str = 'test',
-             amp: bool = False, reduce=None):
+             amp: bool = False):
     """Evaluate ``model`` on ``loader`` in evaluation mode, without gradients (under bfloat16
-    autocast with ``amp``).
-
-    ``reduce(correct, monitor)``, when given, returns the correct count summed over the
-    processes of a distributed run and sums the monitor's counts in place
-    (``engine.distributed.Context.reduce_evaluation``).
+    autocast with ``amp``). In a distributed run each process evaluates its own batches and
+    the counts are summed over the processes.
 
     Returns:
         ``(accuracy, rates)``: the fraction of samples whose arg-max output firing rate (=
@@ -140,6 +148,5 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, desc: s
                 correct += (model(img).argmax(1) == label).sum()
             monitor.count_samples(label.numel())
             functional.reset_net(model)
-    if reduce is not None:
-        correct = reduce(correct, monitor)
-    return int(correct) / monitor.samples, monitor.results()
+    correct = all_sum(correct)
+    return int(correct) / monitor.reduce().samples, monitor.results()

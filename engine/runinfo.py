@@ -5,7 +5,6 @@ run name, and the size of every synapse tensor (to turn connectivity into synaps
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -14,17 +13,11 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from engine.cli import REPO_ROOT
-from engine.optimizers import synapses
+from engine.config import REPO_ROOT, RunConfig
+from snn import synapses
 
 RUN_INFO = 'run.json'
 """File name of the settings record in a run's log folder."""
-
-
-def method_of(args: argparse.Namespace) -> str:
-    """The method of a run: ``'grad'``, ``'deep'``, ``'soft_deep'`` (``-m deep -soft``) or
-    ``'no_prune'``."""
-    return 'soft_deep' if args.m == 'deep' and args.soft else args.m
 
 
 def code_version(repo: Path = REPO_ROOT) -> str:
@@ -47,31 +40,29 @@ def _plain(value):
     return str(value)
 
 
-def run_info(prog: str, args: argparse.Namespace, name: str, model: nn.Module) -> dict:
+def run_info(config: RunConfig, model: nn.Module) -> dict:
     """The ``run.json`` record of a run.
 
     Args:
-        prog: the experiment's script name, e.g. ``'mnist.py'``.
-        args: the validated flags (``vars(args)`` is recorded, paths and devices as strings).
-        name: the run name (``engine.cli.run_name``).
-        model: the run's network; its synapse tensors (``engine.optimizers.synapses``, no
-            BatchNorm) give ``synapse_counts``.
+        config: the run's configuration (:meth:`RunConfig.flags` is recorded, paths and
+            devices as strings).
+        model: the run's network; its synapse tensors (``snn.synapses``, no BatchNorm) give
+            ``synapse_counts``.
 
     Returns ``{'dataset', 'method', 'run', 'flags', 'synapse_counts', 'code_version',
-    'started'}``; ``dataset`` is ``prog`` without ``.py`` and ``started`` the local time
-    in ISO 8601 with its UTC offset.
+    'started'}``; ``dataset`` is the script name without ``.py``, ``method`` the method's
+    key (``engine.methods``) and ``started`` the local time in ISO 8601 with its UTC offset.
     """
-    return {'dataset': prog.removesuffix('.py'),
-            'method': method_of(args),
-            'run': name,
-            'flags': {k: _plain(v) for k, v in vars(args).items()},
+    return {'dataset': config.prog.removesuffix('.py'),
+            'method': config.method.key,
+            'run': config.name,
+            'flags': {k: _plain(v) for k, v in config.flags().items()},
             'synapse_counts': {n: p.numel() for n, p in synapses(model).items()},
             'code_version': code_version(),
             'started': datetime.datetime.now().astimezone().isoformat(timespec='seconds')}
 
 
-def write_run_info(log_dir: Path, prog: str, args: argparse.Namespace, name: str,
-                   model: nn.Module) -> Path:
+def write_run_info(log_dir: Path, config: RunConfig, model: nn.Module) -> Path:
     """Write :func:`run_info` to ``<log_dir>/run.json`` atomically (temporary file, flushed,
     renamed over the old one); a resumed run overwrites it with a new start time.
 
@@ -80,7 +71,7 @@ def write_run_info(log_dir: Path, prog: str, args: argparse.Namespace, name: str
     path = Path(log_dir) / RUN_INFO
     tmp = path.with_name(path.name + '.tmp')
     with open(tmp, 'w') as f:
-        json.dump(run_info(prog, args, name, model), f, indent=1)
+        json.dump(run_info(config, model), f, indent=1)
         f.write('\n')
         f.flush()
         os.fsync(f.fileno())

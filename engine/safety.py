@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from engine.cli import UsageError
+from engine.errors import UsageError
 
 
 # ---------------------------------------------------------------- the run's lock

@@ -29,8 +29,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from engine.distributed import all_sum
 from engine.metrics import evaluate, linked
-from engine.optimizers import synapses
+from snn import synapses
 
 
 def synapse_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -147,6 +148,17 @@ class SynapticOpsMonitor:
 
     def __exit__(self, *exc):
         self.stop_hooks()
+
+    def reduce(self) -> 'SynapticOpsMonitor':
+        """Sum the counts over the processes of a distributed run, in place (nothing in one
+        process); returns ``self``."""
+        for counts in (self.sops, self.dense_sops):
+            for name in sorted(counts):
+                all_sum(counts[name])
+        device = next(iter(self.modules.values())).weight.device
+        totals = all_sum(torch.tensor([self.images, self.macs, self.dense_macs], dtype=torch.int64, device=device))
+        self.images, self.macs, self.dense_macs = (int(v) for v in totals)
+        return self
 
     def results(self) -> dict:
         """The counts per image, averaged over the images seen.

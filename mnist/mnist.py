@@ -101,14 +101,14 @@ def ensure_mnist(root: Path) -> None:
             f'({", ".join(RAW_MD5)}) into {raw_dir}') from None
 
 
-def load_datasets(args):
+def load_datasets(config):
     """MNIST train set (random affine augmentation) and test set, normalised, [1, 28, 28]."""
-    ensure_mnist(args.dataset_dir)
+    ensure_mnist(config.dataset_dir)
     normalise = [transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))]
     train_tf = transforms.Compose([
         transforms.RandomAffine(degrees=DEGREES, translate=(TRANSLATE, TRANSLATE), scale=SCALE),
         *normalise])
-    root = str(args.dataset_dir)
+    root = str(config.dataset_dir)
     return (datasets.MNIST(root, train=True, transform=train_tf),
             datasets.MNIST(root, train=False, transform=transforms.Compose(normalise)))
 
@@ -118,7 +118,7 @@ EXPERIMENT = engine.Experiment(
     description='Prune the MNIST SNN (784-800-10 LIF, T time steps) with Grad R, Deep R or '
                 'soft Deep R (Chen et al., IJCAI 2021), or train it unpruned (-m no_prune).',
     defaults={'b': 128, 'lr': 1e-3, 'N': 512, 'i1': 32, 'i2': 1024, 'eval_batch': 1000},
-    build_model=lambda args: MNISTSNN(T=args.T),
+    build_model=lambda config: MNISTSNN(T=config.T),
     load_datasets=load_datasets,
     augment=random_affine(degrees=DEGREES, translate=TRANSLATE, scale=SCALE),
     mean=(MEAN,), std=(STD,),

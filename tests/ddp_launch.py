@@ -19,7 +19,7 @@ from torch.utils.data import TensorDataset  # noqa: E402
 
 import engine  # noqa: E402
 from c10 import c10  # noqa: E402
-from engine.syncbn import StepwiseSyncBatchNorm2d  # noqa: E402
+from snn import StepwiseSyncBatchNorm2d  # noqa: E402
 
 SYNCBN_SHAPE = (3, 8, 4, 5, 5)
 """[T, N, C, H, W] of the global batch of :func:`syncbn_check`; N is split over the ranks."""

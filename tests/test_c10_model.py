@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from spikingjelly.activation_based import functional, layer, neuron
 
-from c10.model import CIFAR10SNN, StepwiseBatchNorm2d
-from snn import UnbindLIFNode
+from c10.model import CIFAR10SNN
+from snn import StepwiseBatchNorm2d, UnbindLIFNode
 
 T = 3
 BATCH = 2

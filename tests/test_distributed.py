@@ -10,11 +10,11 @@ from argparse import Namespace
 import pytest
 import torch
 
-from c10.model import CIFAR10SNN, StepwiseBatchNorm2d
+from c10.model import CIFAR10SNN
+from snn import StepwiseBatchNorm2d
 from ddp_launch import syncbn_inputs, train_twice
 from engine.distributed import Context
-from engine.syncbn import StepwiseSyncBatchNorm2d, convert_sync_batchnorm
-from engine.optimizers import synapses
+from snn import StepwiseSyncBatchNorm2d, convert_sync_batchnorm, synapses
 from helpers import REPO, read_metrics, run_script
 from mnist import mnist
 

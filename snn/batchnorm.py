@@ -1,18 +1,64 @@
-"""BatchNorm over all ranks of a torchrun run, one time step at a time (``--sync-bn``).
+"""BatchNorm for spiking networks in multi-step mode: each time step normalised with its own
+batch statistics (:class:`StepwiseBatchNorm2d`, the released networks' behaviour), and its
+variant synchronised over the ranks of a torchrun run (:class:`StepwiseSyncBatchNorm2d`,
+``--sync-bn``).
 
-The CIFAR-10 network normalises each time step with that step's own batch statistics
-(``c10.model.StepwiseBatchNorm2d``); ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` would
-drop that per-step behaviour, so :func:`convert_sync_batchnorm` puts
-:class:`StepwiseSyncBatchNorm2d` in its place, which normalises each step with the statistics
-of the whole global batch, as a single process does.
+SpikingJelly's ``layer.BatchNorm2d`` pools the T steps, and
+``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` would drop the per-step behaviour, so
+:func:`convert_sync_batchnorm` puts :class:`StepwiseSyncBatchNorm2d` in place of each
+BatchNorm, which normalises each step with the statistics of the whole global batch, as a
+single process does.
 """
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from spikingjelly.activation_based import base
+from spikingjelly.activation_based import base, layer
 from torch.nn.modules._functions import SyncBatchNorm as _TorchSyncBatchNorm
+
+
+class StepwiseBatchNorm2d(layer.BatchNorm2d):
+    """BatchNorm2d whose multi-step forward normalises each time step separately.
+
+    SpikingJelly's ``layer.BatchNorm2d`` in multi-step mode flattens [T, N, C, H, W]
+    to [T*N, C, H, W] and so pools the batch statistics of all T steps and updates
+    the running statistics once. The released network instead calls the batch
+    norm once per time step. This subclass reproduces that: in multi-step mode
+    and when batch statistics are used (training, or no running statistics), it
+    applies the ordinary single-step batch norm to x[0], x[1], ..., x[T-1] in
+    order, i.e. per-step mean/variance over (N, H, W) and T running-statistics
+    updates per call.
+
+    In evaluation mode with running statistics the normalisation is the same
+    affine map for every step, so the pooled [T*N] call of the parent is used.
+
+    Parameters and buffers are those of ``torch.nn.BatchNorm2d`` (weight, bias,
+    running_mean, running_var, num_batches_tracked), so state-dict keys are
+    unchanged.
+
+    Shapes: single-step [N, C, H, W] -> [N, C, H, W];
+            multi-step [T, N, C, H, W] -> [T, N, C, H, W].
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise ``x``: [N, C, H, W] in single-step mode, [T, N, C, H, W] in multi-step.
+
+        Raises:
+            ValueError: an unknown step mode, or a multi-step input that is not 5-D.
+        """
+        if self.step_mode == 's':
+            return super().forward(x)
+        if self.step_mode != 'm':
+            raise ValueError(f'unknown step_mode {self.step_mode!r}')
+        if x.dim() != 5:
+            raise ValueError(f'expected x with shape [T, N, C, H, W], got {tuple(x.shape)}')
+        uses_batch_statistics = self.training or self.running_mean is None
+        if not uses_batch_statistics:
+            return super().forward(x)
+        # one ordinary (single-step) batch norm call per time step, in time order;
+        # unbind (not x[t]) so that backward stacks the T gradients once
+        return torch.stack([nn.BatchNorm2d.forward(self, x_t) for x_t in x.unbind(0)])
 
 
 class _GatherStats(torch.autograd.Function):
@@ -38,7 +84,7 @@ class StepwiseSyncBatchNorm2d(nn.BatchNorm2d, base.StepModule):
     per time step.
 
     In training, multi-step input [T, N, C, H, W] is normalised one time step at a time, as
-    ``c10.model.StepwiseBatchNorm2d`` does in one process: each step's mean and variance over
+    :class:`StepwiseBatchNorm2d` does in one process: each step's mean and variance over
     (N, H, W) of every rank's N samples, and T running-statistics updates per call, in time
     order, with the unbiased variance of the global count. Single-step input [N, C, H, W] is
     one such call. In evaluation the running statistics are used, with no communication.
@@ -132,7 +178,7 @@ class StepwiseSyncBatchNorm2d(nn.BatchNorm2d, base.StepModule):
 
 
 def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
-    """Replace, in place, every per-time-step BatchNorm (``c10.model.StepwiseBatchNorm2d``)
+    """Replace, in place, every per-time-step BatchNorm (:class:`StepwiseBatchNorm2d`)
     and every plain ``nn.BatchNorm2d`` by :class:`StepwiseSyncBatchNorm2d` with the same
     step mode (a plain one is single-step), keeping parameters and buffers. Returns ``model``.
 
@@ -141,7 +187,6 @@ def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
             steps (there is no synchronised counterpart here), or a BatchNorm of another
             dimension.
     """
-    from c10.model import StepwiseBatchNorm2d
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, StepwiseSyncBatchNorm2d) or not isinstance(child, nn.modules.batchnorm._BatchNorm):

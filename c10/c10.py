@@ -30,9 +30,11 @@ if __package__ in (None, ''):      # run as a script: make the repository root i
 
 from PIL import Image  # noqa: E402
 from torchvision import datasets, transforms  # noqa: E402
+from torchvision.datasets import cifar  # noqa: E402
 
 import engine  # noqa: E402
 from engine.augment import random_crop_flip  # noqa: E402
+from engine.datafiles import Expected, find_damaged  # noqa: E402
 from c10.model import CIFAR10SNN  # noqa: E402
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -41,6 +43,18 @@ CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'hors
 IMAGE_SIZE, IMAGE_MODE = (32, 32), 'RGB'
 SPLITS = ('train', 'test')
 LAYOUT = 'train/<class>/* and test/<class>/* for the ten CIFAR-10 classes'
+BATCHES = datasets.CIFAR10.base_folder
+"""The folder of the extracted archive, ``cifar-10-batches-py``."""
+ARCHIVE = Expected(datasets.CIFAR10.filename, 170498071, datasets.CIFAR10.tgz_md5)
+"""``cifar-10-python.tar.gz`` as published (MD5 sum: torchvision's)."""
+BATCH_SIZE = {'data_batch_1': 31035704, 'data_batch_2': 31035320, 'data_batch_3': 31035999,
+              'data_batch_4': 31035696, 'data_batch_5': 31035623, 'test_batch': 31035526,
+              'batches.meta': 158}
+"""Bytes of the files in the archive (published listings of ``cifar-10-batches-py``)."""
+BATCH_FILES = tuple(Expected(name, BATCH_SIZE[name], md5) for name, md5 in
+                    [*datasets.CIFAR10.train_list, *datasets.CIFAR10.test_list,
+                     (datasets.CIFAR10.meta['filename'], datasets.CIFAR10.meta['md5'])])
+"""The seven files torchvision's CIFAR10 reads, with the MD5 sums it checks them against."""
 
 
 def data_source(root: Path) -> str:
@@ -170,27 +184,63 @@ def load_image_folder(root: Path):
     return tuple(sets)
 
 
+def _md5_matches(path: Path, md5: str) -> bool:
+    """torchvision's own MD5 check, the one its CIFAR10 applies to these files."""
+    return cifar.check_integrity(str(path), md5)
+
+
+def check_cifar_files(root: Path) -> bool:
+    """Check the files of ``root`` that torchvision's CIFAR10 is about to read.
+
+    The extracted batches in ``cifar-10-batches-py/`` that are there, and, when one of
+    them is missing (torchvision then extracts the archive), ``cifar-10-python.tar.gz``
+    if it is there: size, and MD5 sum once per version of a file (``engine.datafiles``).
+    A damaged file is not replaced: the run stops, and the line says what to delete.
+
+    Returns:
+        True when all seven batch files are there (and good), so nothing need be extracted.
+
+    Raises:
+        engine.UsageError: a damaged file (one line naming it and the remedy).
+    """
+    folder, archive = root / BATCHES, root / ARCHIVE.name
+    found = find_damaged(folder, BATCH_FILES, _md5_matches)
+    if found is not None:
+        again = (f'extracts it again from {archive}' if archive.exists()
+                 else f'downloads {ARCHIVE.name} (170 MB) and extracts it')
+        raise engine.UsageError(f'{found[0]} is damaged ({found[1]}); delete it and run again: '
+                                f'the run then {again}')
+    if all((folder / spec.name).exists() for spec in BATCH_FILES):
+        return True
+    found = find_damaged(root, [ARCHIVE], _md5_matches)
+    if found is not None:
+        raise engine.UsageError(f'{found[0]} is damaged ({found[1]}); delete it and run again: the run '
+                                f'then downloads it again (170 MB), or put a good copy there')
+    return False
+
+
 def load_datasets(config):
     """CIFAR-10 train set (random crop 32, padding 4, horizontal flip) and test set, [3, 32, 32].
 
     Uses ``<dataset-dir>/cifar-10-batches-py``, extracting ``cifar-10-python.tar.gz`` or
     downloading it when missing; when neither is there but ``<dataset-dir>/train`` is, an
     image-folder copy (:func:`load_image_folder`); :func:`data_source` tells which, as
-    ``run.json`` records it.
+    ``run.json`` records it. The files are checked first (:func:`check_cifar_files`).
 
     Raises:
-        engine.UsageError: the data are absent and cannot be downloaded, or the image-folder
-            copy is not CIFAR-10's layout (one line).
+        engine.UsageError: a damaged data file, the data are absent and cannot be
+            downloaded, or the image-folder copy is not CIFAR-10's layout (one line).
     """
     root = config.dataset_dir
     if data_source(root) == 'image-folder':
         return load_image_folder(root)
-    if not (root / 'cifar-10-batches-py').is_dir():
+    complete = check_cifar_files(root)
+    if not complete:
         engine.check_writable_dir('--dataset-dir', root)
     existed = root.exists()
     train_tf, test_tf = _transforms()
-    try:
-        return (datasets.CIFAR10(str(root), train=True, transform=train_tf, download=True),
+    try:        # download=True hashes the six batches once more: only when some are missing
+        return (datasets.CIFAR10(str(root), train=True, transform=train_tf, download=not complete),
                 datasets.CIFAR10(str(root), train=False, transform=test_tf))
     except Exception as err:     # no internet, or a damaged archive
         if not existed and root.is_dir() and not any(root.iterdir()):

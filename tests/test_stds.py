@@ -185,7 +185,7 @@ def test_apply_stds_registers_every_layer_and_starts_unchanged():
     before = net(x)
     weights = [net[0].weight, net[2].weight]
     ctrl = apply_stds(net, D=0.1, n_total=4)
-    assert list(ctrl.layers) == ["0", "2"]
+    assert isinstance(ctrl, STDSController) and list(ctrl.layers) == ["0", "2"]
     assert all(parametrize.is_parametrized(net[i], "weight") for i in (0, 2))
     assert not parametrize.is_parametrized(net[0], "bias")
     # theta is the old weight Parameter itself; at n = 0, d = 0 and w = theta exactly

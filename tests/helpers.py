@@ -16,6 +16,13 @@ def run_script(script, *args, cwd=REPO, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def config_for(exp, *argv):
+    """The :class:`engine.config.RunConfig` of ``argv`` for experiment ``exp``, checked as
+    ``engine.main`` checks it (one process)."""
+    import engine
+    return engine.resolve(exp, engine.build_parser(exp).parse_args([str(a) for a in argv]))
+
+
 def read_metrics(log_dir):
     """The list of per-epoch records of ``<log_dir>/metrics.jsonl``."""
     return [json.loads(line) for line in (Path(log_dir) / 'metrics.jsonl').read_text().splitlines()]

@@ -84,7 +84,7 @@ def test_source_is_chosen_from_the_folder(copy, tmp_path):
 
 def test_labels_follow_cifar10_order(copy):
     args, train, test = load(copy)
-    assert args.data_source == 'image-folder'
+    assert c10.data_source(copy) == 'image-folder'
     assert (len(train), len(test)) == (300, 100)
     assert c10.CLASSES[3] == 'cat' and c10.CLASSES[9] == 'truck'
     for ds in (train, test):

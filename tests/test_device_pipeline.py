@@ -17,7 +17,7 @@ from c10 import c10
 from engine.augment import (affine_nearest, affine_params, crop_flip, crop_flip_params, epoch_draws,
                             normalise)
 from engine.data import DevicePipeline, ReleasedPipeline, decode
-from helpers import REPO, read_metrics
+from helpers import config_for, REPO, read_metrics
 from mnist import mnist
 
 DATA = REPO / 'data'
@@ -91,9 +91,7 @@ def test_a_sample_is_augmented_alike_whatever_the_batch_split():
 
 
 def _args(*argv):
-    args = engine.build_parser(mnist.EXPERIMENT).parse_args(['--device', 'cpu', *argv])
-    engine.validate(args)
-    return args
+    return config_for(mnist.EXPERIMENT, '--device', 'cpu', *argv)
 
 
 def test_test_set_is_normalised_once_as_the_released_path(mnist_sets, tmp_path):
@@ -172,9 +170,8 @@ def test_compile_without_a_compiler_is_one_line(tmp_path, capsys, monkeypatch):
     assert engine.main(mnist.EXPERIMENT, [*argv, '--compile', '--dump-dir', str(tmp_path / 'd')], datasets=STAND_IN) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith('mnist.py: error: --compile: no C++ compiler') and 'use --no-compile' in line
-    args = engine.build_parser(mnist.EXPERIMENT).parse_args([*argv, '--dump-dir', str(tmp_path / 'd')])
-    engine.validate(args)
-    assert args.compile is False                    # the default falls back to eager
+    config = config_for(mnist.EXPERIMENT, *argv, '--dump-dir', tmp_path / 'd')
+    assert config.compile is False                  # the default falls back to eager
     assert not (tmp_path / 'd').exists()
 
 

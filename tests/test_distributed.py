@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-from argparse import Namespace
 
 import pytest
 import torch
@@ -13,7 +12,8 @@ import torch
 from c10.model import CIFAR10SNN
 from snn import StepwiseBatchNorm2d
 from ddp_launch import syncbn_inputs, train_twice
-from engine.distributed import Context
+from engine import distributed
+from engine.distributed import Ranks
 from snn import StepwiseSyncBatchNorm2d, convert_sync_batchnorm, synapses
 from helpers import REPO, read_metrics, run_script
 from mnist import mnist
@@ -183,22 +183,23 @@ def test_sync_bn_without_a_process_group_is_stepwise_batchnorm():
     ({'WORLD_SIZE': '4', 'RANK': '3', 'LOCAL_RANK': '1', 'LOCAL_WORLD_SIZE': '2'}, (True, 4, 3)),
 ])
 def test_torchrun_is_detected_from_its_environment(env, expected):
-    ctx = Context.from_env(env)
-    assert (ctx.active, ctx.world_size, ctx.rank) == expected
+    ranks = Ranks.from_env(env)
+    assert (ranks.active, ranks.world_size, ranks.rank) == expected
 
 
 def test_test_shards_are_contiguous_without_padding_or_duplicates():
     for n in (10, 11, 13):
-        shards = [Context(world_size=4, rank=r, active=True).shard_of(n) for r in range(4)]
+        shards = [distributed.shard_of(n, r, 4) for r in range(4)]
         assert [i for s in shards for i in s] == list(range(n))
         assert max(map(len, shards)) - min(map(len, shards)) <= 1
 
 
-def test_one_process_context_changes_nothing():
-    ctx, args = Context(), Namespace(threads=None, b=127)
-    ctx.share_cores(args)
-    assert args.threads is None
-    assert ctx.mean(0.5, 2.0) == [0.5, 2.0]
+def test_one_process_changes_nothing():
+    workers, threads = engine.cli.choose_threads('device', None, None, Ranks())
+    assert (workers, threads) == (0, len(os.sched_getaffinity(0)))
+    assert distributed.mean(0.5, 2.0) == [0.5, 2.0]
+    assert distributed.all_sum(torch.tensor([3, 4])).tolist() == [3, 4]
+    assert distributed.broadcast_object({'a': 1}) == {'a': 1}
 
 
 def test_sigterm_stops_every_process_after_an_intact_checkpoint(tmp_path):

@@ -8,12 +8,13 @@ from spikingjelly.activation_based import functional
 from torch.utils.data import DataLoader, TensorDataset
 
 import engine
+from helpers import config_for
 from mnist import mnist
 from snn import lif
 
 
 def args_for(*argv):
-    return engine.build_parser(mnist.EXPERIMENT).parse_args(list(argv))
+    return config_for(mnist.EXPERIMENT, '--device', 'cpu', '--dump-dir', '/tmp', *argv)
 
 
 @pytest.mark.parametrize('argv, name', [
@@ -31,7 +32,7 @@ def args_for(*argv):
      'lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-grad'),
 ])
 def test_run_names(argv, name):
-    assert engine.run_name(args_for(*argv)) == name
+    assert args_for(*argv).name == name
 
 
 class ConstantCurrentLIF(nn.Module):
@@ -120,7 +121,6 @@ def test_loaders_draw_from_the_global_generator_as_the_released_ones(workers):
     scripts'), epoch after epoch; restoring torch's global state replays an epoch."""
     ds = TensorDataset(torch.zeros(40, 1), torch.arange(40))
     args = args_for('-m', 'grad', '-s', '0.95', '-b', '8', '--workers', str(workers))
-    args.device = torch.device('cpu')
     torch.manual_seed(11)
     ours = engine.data.make_loader(ds, args, shuffle=True)
     epoch0 = _epoch_order(ours)

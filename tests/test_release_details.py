@@ -16,7 +16,7 @@ from torch.utils.data import TensorDataset
 import engine
 from c10 import c10
 from engine.data import ReleasedPipeline, make_pipeline
-from helpers import REPO, read_metrics, run_script, tensorboard_tags
+from helpers import config_for, REPO, read_metrics, run_script, tensorboard_tags
 from mnist import mnist
 
 MNIST = REPO / 'mnist' / 'mnist.py'
@@ -24,9 +24,7 @@ DATA = REPO / 'data'
 
 
 def args_for(exp, *argv):
-    args = engine.build_parser(exp).parse_args(list(argv))
-    engine.validate(args)
-    return args
+    return config_for(exp, *argv)
 
 
 @pytest.fixture(scope='module')
@@ -257,9 +255,8 @@ def test_cifar10_archive_reaches_the_network_normalised(tmp_path, monkeypatch):
     import torchvision.datasets.cifar
     monkeypatch.setattr(c10.datasets.CIFAR10, '_check_integrity', lambda self: True)
     monkeypatch.setattr(torchvision.datasets.cifar, 'check_integrity', lambda path, md5=None: True)
-    args = Namespace(dataset_dir=tmp_path)
-    train_set, test_set = c10.load_datasets(args)
-    assert args.data_source == 'cifar-10-batches-py'
+    train_set, test_set = c10.load_datasets(Namespace(dataset_dir=tmp_path))
+    assert c10.data_source(tmp_path) == 'cifar-10-batches-py'
     assert (len(train_set), len(test_set)) == (100, 10)
     mean, std = torch.tensor(c10.MEAN).view(3, 1, 1), torch.tensor(c10.STD).view(3, 1, 1)
     x, y = test_set[3]

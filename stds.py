@@ -352,3 +352,46 @@ class STDSController:
     def __repr__(self):
         return (f"STDSController(layers={len(self.layers)}, D={self.D}, n_total={self.n_total}, "
                 f"gradient={self.gradient!r}, schedule={self.schedule!r}, n={self.n}, d={self.d:.6g})")
+
+
+class STDSAdam(torch.optim.Adam):
+    """Adam on the parameters of a model reparameterised by `apply_stds` (theta and any
+    others) that advances the dead zone after every step: `step()` is Adam's step followed by
+    `controller.step()`. `state_dict()` carries the controller's state under 'stds', so that
+    `load_state_dict` resumes the schedule bit for bit.
+
+    Args:
+        params: as for torch.optim.Adam (theta: `<layer>.parametrizations.weight.original`).
+        controller: the `STDSController` of the model.
+        **adam: torch.optim.Adam's keyword arguments (lr, betas, eps, ...).
+
+    Raises:
+        ValueError: `controller` is not an STDSController; from Adam, a hyper-parameter
+            out of range; from `load_state_dict`, a state without 'stds' or of another
+            STDS setting.
+    """
+
+    def __init__(self, params, controller, **adam):
+        check_arg("controller", controller, "an STDSController", lambda c: isinstance(c, STDSController))
+        super().__init__(params, **adam)
+        self.controller = controller
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One Adam step, then one step of the dead zone's schedule; returns the closure's loss."""
+        loss = super().step(closure)
+        self.controller.step()
+        return loss
+
+    def state_dict(self):
+        """Adam's state dict plus 'stds': the controller's state."""
+        return {**super().state_dict(), "stds": self.controller.state_dict()}
+
+    def load_state_dict(self, state_dict):
+        """Load a `state_dict()` of an STDSAdam: Adam's state and the controller's."""
+        state_dict = dict(state_dict)
+        check_arg("state_dict", sorted(state_dict), "an 'stds' entry (the schedule's state)",
+                  lambda keys: "stds" in keys)
+        controller = state_dict.pop("stds")
+        super().load_state_dict(state_dict)
+        self.controller.load_state_dict(controller)

@@ -37,7 +37,7 @@ from engine.methods import METHODS
 REPO = Path(__file__).resolve().parent
 PROG = 'sweep.py'
 SCRIPTS = {'mnist': REPO / 'mnist' / 'mnist.py', 'c10': REPO / 'c10' / 'c10.py'}
-AXES = {'-penalty': '--penalties', '-s': '-s'}
+AXES = {'-penalty': '--penalties', '-s': '-s', '--flat-width': '--flat-widths'}
 """The scripts' flags that the grid varies (a method's ``grid``), and the sweep option that
 lists their values."""
 
@@ -49,7 +49,7 @@ def method_flags() -> dict[str, list[str]]:
 
 def set_by_sweep() -> dict[str, str]:
     """Flags of the scripts that the grid sets, and the sweep option to use instead."""
-    flags = {'-m': '--methods', '-penalty': '--penalties'}
+    flags = {'-m': '--methods', '-penalty': '--penalties', '--flat-width': '--flat-widths'}
     for name, argv in method_flags().items():
         flags.update({switch: f'--methods {name}' for switch in argv[2:]})
     return flags
@@ -97,6 +97,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                    help=f'comma list of {", ".join(method_flags())}')
     p.add_argument('--penalties', default='1e-3', help='comma list of -penalty values (>= 0)')
     p.add_argument('-s', default=None, help='comma list of target sparsities (-s of the scripts)')
+    p.add_argument('--flat-widths', default=None,
+                   help='comma list of --flat-width values (D > 0) for the methods that take it (stds)')
     p.add_argument('--gpus', default=None, help='comma list of CUDA device indices: one worker each')
     p.add_argument('--print', action='store_true', help='print the commands instead of running them')
     p.add_argument('--task-index', type=int, default=None, metavar='I',
@@ -119,6 +121,10 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     with_s = [m for m in args.methods if '-s' in _grid(m)]
     if args.s is None and with_s:
         raise SweepError(f'-s (target sparsity) is required with {", ".join(with_s)}')
+    args.flat_widths = None if args.flat_widths is None else _numbers('--flat-widths', args.flat_widths, 0, math.inf)
+    with_width = [m for m in args.methods if '--flat-width' in _grid(m)]
+    if args.flat_widths is None and with_width:
+        raise SweepError(f'--flat-widths (final dead-zone widths D) is required with {", ".join(with_width)}')
     if args.gpus is not None:
         try:
             args.gpus = [int(g) for g in _items('--gpus', args.gpus)]
@@ -139,7 +145,7 @@ def configurations(args: argparse.Namespace, passed_on: list[str]) -> list[tuple
     method varies (``-penalty``, then ``-s``); a method that varies none is one configuration."""
     script = [sys.executable, str(SCRIPTS[args.dataset])]
     tail = (['--dump-dir', args.dump_dir] if args.dump_dir is not None else []) + passed_on
-    values = {'-penalty': args.penalties, '-s': args.s}
+    values = {'-penalty': args.penalties, '-s': args.s, '--flat-width': args.flat_widths}
     configs = []
     for method in args.methods:
         settings = [[]]

@@ -30,6 +30,9 @@ def log_epoch(writer, model: nn.Module, method: Method, synapse_optimizer: torch
     """
     report = sparsity_report(model)
     writer.add_scalar('test_acc', acc, epoch)
+    own = method.scalars(synapse_optimizer) if method.scalars is not None else {}
+    for tag, value in own.items():
+        writer.add_scalar(tag, value, epoch)
     if 'with_bn' in report:
         writer.add_scalar('sparsity/with bn', report['with_bn'], epoch)
         writer.add_scalar('sparsity/without bn', report['overall'], epoch)
@@ -59,7 +62,7 @@ def log_epoch(writer, model: nn.Module, method: Method, synapse_optimizer: torch
               'train_seconds': round(train_s, 3), 'test_seconds': round(test_s, 3)}
     if 'with_bn' in report:
         record['sparsity_with_bn'] = report['with_bn']
-    return record
+    return {**record, **own}
 
 
 def epoch_line(record: dict, best_acc: float) -> str:

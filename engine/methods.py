@@ -1,4 +1,4 @@
-"""The pruning methods, one record each: Grad R, Deep R, soft Deep R and no pruning.
+"""The pruning methods, one record each: Grad R, Deep R, soft Deep R, no pruning and STDS.
 
 A :class:`Method` says everything the rest of the code needs to know of a method: how the
 command line selects it and which flags it owns and checks, its part of the run name, the
@@ -19,6 +19,8 @@ import torch
 from deeprewire import DeepRewiring
 from gradrewire import GradRewiring
 from rewiring_base import HyperparameterError
+from snn import synapse_parameters
+from stds import STDSAdam, apply_stds
 
 
 class MethodError(ValueError):
@@ -48,8 +50,9 @@ class Method:
         label: its name in the report.
         style: its points' matplotlib style in the report's figure (``marker``, ...).
         sweep: its name in ``sweep.py --methods``.
-        optimizer: ``(config, synapse parameters) -> torch.optim.Optimizer``; ``config`` is
-            the run's :class:`engine.config.RunConfig`.
+        optimizer: ``(config, model, steps_per_epoch) -> torch.optim.Optimizer`` of the
+            model's synapses (``snn.synapse_parameters``); ``config`` is the run's
+            :class:`engine.config.RunConfig`. It may reparameterise the synapses first.
         prunes: False for the unpruned reference, against which the report measures the
             accuracy loss.
         options: the flags it owns; giving one of them with another method is an error.
@@ -58,23 +61,29 @@ class Method:
         check: ``(settings) -> None`` on the parsed flags (a mapping), raising
             :class:`MethodError` with the flag named; runs before any work.
         name_prefix: put in front of the run name (``'soft-'``, as released).
-        name_tail: ``(options) -> str`` appended after the seed part of the run name.
+        name_middle: ``(flags) -> str`` before the ``-m`` value in the run name; default:
+            the grid flags' values (:func:`grid_name`).
+        name_tail: ``(flags) -> str`` appended after the seed part of the run name.
         strength: ``(optimizer, synapses) -> {name: theta}``: the hidden strength of each
             synapse tensor, histogrammed as ``<name>-theta``; None when it has none.
+        scalars: ``(optimizer) -> {tag: float}``: the method's own numbers, logged every
+            epoch to TensorBoard and ``metrics.jsonl``; None when it has none.
     """
     key: str
     argv: tuple[str, ...]
     label: str
     style: dict
     sweep: str
-    optimizer: Callable[[Any, list], torch.optim.Optimizer]
+    optimizer: Callable[[Any, torch.nn.Module, int], torch.optim.Optimizer]
     prunes: bool = True
     options: tuple[Option, ...] = ()
     grid: tuple[str, ...] = ()
     check: Callable[[dict], None] | None = None
     name_prefix: str = ''
-    name_tail: Callable[[dict], str] = field(default=lambda options: '')
+    name_middle: Callable[[dict], str] | None = None
+    name_tail: Callable[[dict], str] = field(default=lambda flags: '')
     strength: Callable[[torch.optim.Optimizer, dict], dict] | None = None
+    scalars: Callable[[torch.optim.Optimizer], dict] | None = None
 
     @property
     def cli(self) -> str:
@@ -149,7 +158,10 @@ def sci(x: float) -> str:
 
 def grid_name(method: Method, flags: dict) -> str:
     """The run-name part of the shared flags the method reads: ``-penalty-1e-3-s-0.95``
-    (``-s`` written in full, and left out when not given)."""
+    (``-s`` written in full, and left out when not given), or the method's own
+    ``name_middle``."""
+    if method.name_middle is not None:
+        return method.name_middle(flags)
     part = f'-penalty-{sci(flags["penalty"])}' if '-penalty' in method.grid else ''
     if '-s' in method.grid and flags['s'] is not None:
         part += f'-s-{flags["s"]}'
@@ -188,14 +200,15 @@ def _check_deep(flags: dict) -> None:
         raise _named_error('deep', {'max_s': '-s', 'l1': '-penalty', 'lr': '-lr'}, err) from None
 
 
-def _grad_optimizer(config, params):
-    return GradRewiring(params, lr=config.lr, alpha=config.penalty, s=config.s, compiled=config.compile)
+def _grad_optimizer(config, model, steps_per_epoch):
+    return GradRewiring(synapse_parameters(model), lr=config.lr, alpha=config.penalty, s=config.s,
+                        compiled=config.compile)
 
 
-def _deep_optimizer(config, params):
+def _deep_optimizer(config, model, steps_per_epoch):
     # Draws on the run's device; under torchrun on the CPU, so that every process draws alike.
     generator = torch.Generator(device='cpu' if config.distributed else config.device).manual_seed(config.seed)
-    return DeepRewiring(params, lr=config.lr, T=0, l1=config.penalty, max_s=config.s,
+    return DeepRewiring(synapse_parameters(model), lr=config.lr, T=0, l1=config.penalty, max_s=config.s,
                         soft=config.options['soft'], regrowth=config.options['deepr_regrowth'],
                         generator=generator, compiled=config.compile)
 
@@ -218,4 +231,44 @@ register(Method('soft_deep', ('-m', 'deep', '-soft'), 'soft Deep R', {'marker': 
                 options=(_SOFT, _REGROWTH), grid=('-penalty', '-s'), check=_check_deep,
                 name_prefix='soft-', strength=_from_state('strength')))
 register(Method('no_prune', ('-m', 'no_prune'), 'no pruning', {'marker': 's'}, 'no_prune',
-                lambda config, params: torch.optim.Adam(params, lr=config.lr), prunes=False))
+                lambda config, model, steps: torch.optim.Adam(synapse_parameters(model), lr=config.lr),
+                prunes=False))
+
+
+# ------------------------------------------------------------------ STDS (Chen et al., ICML 2022)
+
+def _check_stds(flags: dict) -> None:
+    D = flags['flat_width']
+    if D is None or not D > 0 or not np.isfinite(D):
+        raise MethodError(f'--flat-width (the final dead-zone width D) must be a number > 0 with -m stds, got {D}')
+
+
+def _stds_optimizer(config, model, steps_per_epoch):
+    o = config.options
+    controller = apply_stds(model, o['flat_width'], steps_per_epoch * (config.N + 1),
+                            gradient=o['stds_gradient'], schedule=o['flat_schedule'])
+    return STDSAdam(synapse_parameters(model), controller, lr=config.lr)
+
+
+def _stds_theta(optimizer, synapses: dict) -> dict:
+    return {f'{name}.weight': m.parametrizations.weight.original.detach()
+            for name, m in optimizer.controller.layers.items()}
+
+
+register(Method('stds', ('-m', 'stds'), 'STDS', {'marker': 'D'}, 'stds', _stds_optimizer,
+                options=(Option(('--flat-width',), {
+                             'type': float, 'default': None, 'metavar': 'D',
+                             'help': 'with -m stds: final width D of the dead zone |theta| <= d in '
+                                     'which a synapse is pruned (d grows from 0 to D; > 0)'}),
+                         Option(('--stds-gradient',), {
+                             'choices': ('stmod', 'st'), 'default': 'stmod',
+                             'help': "with -m stds: 'stmod' passes dL/dw to theta everywhere (pruned "
+                                     "synapses can regrow, as released), 'st' the soft threshold's "
+                                     "true gradient (0 while pruned)"}),
+                         Option(('--flat-schedule',), {
+                             'choices': ('sine', 'linear'), 'default': 'sine',
+                             'help': 'with -m stds: how d grows from 0 to D over the run'})),
+                grid=('--flat-width',), check=_check_stds,
+                name_middle=lambda f: f'-flat-{f["flat_width"]:g}-{f["stds_gradient"]}-{f["flat_schedule"]}',
+                strength=_stds_theta,
+                scalars=lambda optimizer: {'flat_width': optimizer.controller.d}))

@@ -6,13 +6,15 @@ import torch
 import torch.nn as nn
 
 from engine.config import RunConfig
-from snn import non_synapses, synapses
+from snn import non_synapses
 
 
-def make_optimizers(config: RunConfig, model: nn.Module) -> dict[str, torch.optim.Optimizer]:
-    """``{'synapse': the method's optimizer of the synapses}`` plus ``'bn'``, a plain Adam
-    with the same learning rate for the never-pruned parameters, when the model has any."""
-    optimizers = {'synapse': config.method.optimizer(config, list(synapses(model).values()))}
+def make_optimizers(config: RunConfig, model: nn.Module, steps_per_epoch: int) -> dict[str, torch.optim.Optimizer]:
+    """``{'synapse': the method's optimizer of the synapses}`` (``Method.optimizer``, which
+    may reparameterise the model's synapses first) plus ``'bn'``, a plain Adam with the same
+    learning rate for the never-pruned parameters, when the model has any.
+    ``steps_per_epoch``: training steps per epoch, for methods with a schedule."""
+    optimizers = {'synapse': config.method.optimizer(config, model, steps_per_epoch)}
     others = non_synapses(model)
     if others:
         optimizers['bn'] = torch.optim.Adam(others, lr=config.lr)

@@ -33,9 +33,9 @@ class Run:
         self.model = exp.build_model(config).to(self.device)
         if config.distributed and config.sync_bn:
             convert_sync_batchnorm(self.model)
-        self.optimizers = make_optimizers(config, self.model)
-        self.forward = distributed.wrap(self.model, config.compile)
         self.data = make_pipeline(datasets, config, exp)
+        self.optimizers = make_optimizers(config, self.model, self.data.steps_per_epoch)
+        self.forward = distributed.wrap(self.model, config.compile)
         self.epoch, self.step, self.best_acc = 0, 0, 0.0
 
     # ---------------------------------------------------------------- checkpoints

@@ -10,6 +10,8 @@ import argparse
 import dataclasses
 import os
 import shutil
+import sys
+import sysconfig
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,7 +204,8 @@ def resolve(exp: Experiment, args: argparse.Namespace, ranks: Ranks | None = Non
     device = resolve_device(args, ranks)
     workers, threads = choose_threads(args.data_pipeline, args.workers, args.threads, ranks)
     check_amp(args.amp, device)
-    compile = check_compile(args.compile, device)
+    compile = check_compile(args.compile, device, note=(lambda line: print(f'{exp.prog}: {line}', file=sys.stderr))
+                            if ranks.is_main else None)
     check_writable_dir('--dump-dir', args.dump_dir)
     try:
         method = methods.select(flags)
@@ -269,22 +272,37 @@ def check_amp(amp: bool, device: torch.device) -> None:
                          f'(CUDA with bf16, or a CPU with AVX512-BF16 or AMX); drop --amp')
 
 
-def check_compile(wanted: bool | None, device: torch.device) -> bool:
-    """Whether the run compiles: ``--compile`` needs torch.compile's toolchain, a C++ compiler
-    for the CPU, Triton for CUDA; by default (None) it is on when that toolchain is there.
+def compile_toolchain_missing(device: torch.device) -> str | None:
+    """What torch.compile lacks on ``device``, or None: a C++ compiler on the CPU; on CUDA,
+    Triton, and the C compiler and ``Python.h`` with which Triton builds its launcher."""
+    if device.type == 'cuda':
+        import importlib.util
+        if importlib.util.find_spec('triton') is None:
+            return 'Triton is not installed'
+        if not any(shutil.which(cc) for cc in (os.environ.get('CC', 'cc'), 'cc', 'gcc', 'clang')):
+            return 'no C compiler (cc, gcc, clang or $CC), which Triton needs to build its launcher'
+        if not (Path(sysconfig.get_paths()['include']) / 'Python.h').exists():
+            return f"no Python.h in {sysconfig.get_paths()['include']} (the Python headers, which Triton needs)"
+        return None
+    if device.type == 'cpu':
+        compilers = (os.environ.get('CXX', 'g++'), 'g++', 'c++', 'clang++')
+        return None if any(shutil.which(cc) for cc in compilers) else 'no C++ compiler (g++, c++, clang++ or $CXX) found'
+    return f'no torch.compile backend is set up here for {device.type}'
+
+
+def check_compile(wanted: bool | None, device: torch.device, note=None) -> bool:
+    """Whether the run compiles: ``--compile`` needs torch.compile's toolchain
+    (:func:`compile_toolchain_missing`); by default (None) it is on when the toolchain is
+    there, else off, with ``note(line)`` told why.
 
     Raises:
         UsageError: --compile given and the toolchain is missing.
     """
-    if device.type == 'cuda':
-        import importlib.util
-        missing = None if importlib.util.find_spec('triton') else 'Triton is not installed'
-    elif device.type == 'cpu':
-        compilers = (os.environ.get('CXX', 'g++'), 'g++', 'c++', 'clang++')
-        missing = None if any(shutil.which(cc) for cc in compilers) else 'no C++ compiler (g++, c++, clang++ or $CXX) found'
-    else:
-        missing = f'no torch.compile backend is set up here for {device.type}'
+    missing = compile_toolchain_missing(device)
     if wanted is None:
+        if missing and note is not None:
+            note(f'note: {missing}, so torch.compile cannot run on {device.type}; training runs eagerly '
+                 f'(give --no-compile to silence this)')
         return missing is None
     if wanted and missing:
         raise UsageError(f'--compile: {missing}, which torch.compile needs on {device.type}; '

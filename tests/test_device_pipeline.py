@@ -194,3 +194,25 @@ def test_amp_keeps_float32_state_where_bfloat16_is_native(tmp_path):
     for key in ('exp_avg', 'exp_avg_sq', 'strength'):
         assert state[key].dtype == torch.float32, key
     assert math.isfinite(state['strength'].sum().item())
+
+
+@pytest.mark.parametrize('which, headers, expected', [
+    (lambda name: f'/usr/bin/{name}', True, None),
+    (lambda name: None, True, 'no C compiler (cc, gcc, clang or $CC), which Triton needs to build its launcher'),
+    (lambda name: f'/usr/bin/{name}', False, 'no Python.h in'),
+])
+def test_compile_on_cuda_needs_triton_a_c_compiler_and_python_headers(which, headers, expected, tmp_path, monkeypatch):
+    import importlib.util
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name: object() if name == 'triton' else real_find_spec(name))
+    monkeypatch.setattr(engine.cli.shutil, 'which', which)
+    if not headers:
+        monkeypatch.setattr(engine.cli.sysconfig, 'get_paths', lambda: {'include': str(tmp_path)})
+    missing = engine.cli.compile_toolchain_missing(torch.device('cuda'))
+    assert missing == expected if expected is None else missing.startswith(expected)
+    notes = []
+    assert engine.cli.check_compile(None, torch.device('cuda'), notes.append) is (expected is None)
+    assert len(notes) == (expected is not None)
+    if expected is not None:
+        with pytest.raises(engine.UsageError, match='--compile: .*use --no-compile'):
+            engine.cli.check_compile(True, torch.device('cuda'))

@@ -5,14 +5,23 @@ Usage::
     python report.py DUMP_DIR [DUMP_DIR ...] [--out DIR]
 
 Reads ``<DUMP_DIR>/logs/<run>/run.json`` (written when a run starts, ``engine/runinfo.py``)
-and ``metrics.jsonl`` (one record per epoch) of every run and writes into ``--out`` (default
+and ``metrics.jsonl`` (one record per epoch) of every run (also ``<DUMP_DIR>/<run>/``, the
+layout of the runs kept in ``docs/results/``) and writes into ``--out`` (default
 ``<first DUMP_DIR>/report``):
 
 - ``results.csv`` and ``results.md``: one row per run (columns :data:`BASE_COLUMNS`, the
   per-layer connectivity columns, then :data:`TAIL_COLUMNS`);
-- ``accuracy_vs_connectivity.png`` / ``.svg``: final test accuracy against connectivity,
+- ``summary.csv`` and ``summary.md``: one row per setting, the runs that differ only in the
+  seed grouped: mean, sample standard deviation and number of runs of the final and best
+  accuracy and of the connectivity (columns :data:`SUMMARY_COLUMNS`);
+- ``accuracy_vs_connectivity.png`` / ``.svg``: final test accuracy against connectivity (log
+  scale), one point per setting with error bars of one standard deviation over the seeds,
   one series per (method, data set), as in the comparison figure of Chen et al. 2021;
-- ``curves.png``: test accuracy and connectivity against epoch, one line per run.
+- ``curves.png``: test accuracy and connectivity against epoch, one line per run, labelled
+  by method, setting and seed.
+
+The accuracy loss is measured against the mean final accuracy of the unpruned runs of the
+same data set and ``T``.
 
 Connectivity is the percentage of linked synapses (``|w| >= 1e-10``), BatchNorm never
 counted (``docs/method.md``, "Sparsity and rewiring counts"). Exit status 2, with one line
@@ -24,15 +33,19 @@ import argparse
 import csv
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
-from engine.methods import METHODS
+from engine.methods import METHODS, sci
 
 PROG = 'report.py'
 BASE_COLUMNS = ['run', 'dataset', 'method', 'penalty', 's', 'T', 'epochs_done', 'training_done',
                 'final_acc_pct', 'best_acc_pct', 'connectivity_pct']
 TAIL_COLUMNS = ['synapses_kept', 'acc_loss_pp', 'sops_per_image']
+SUMMARY_COLUMNS = ['dataset', 'method', 'setting', 'T', 'n', 'seeds', 'epochs_done', 'training_done',
+                   'final_acc_mean', 'final_acc_sd', 'best_acc_mean', 'best_acc_sd',
+                   'connectivity_mean', 'connectivity_sd', 'acc_loss_pp', 'sops_per_image']
 
 
 class ReportError(Exception):
@@ -75,7 +88,9 @@ def load_runs(dump_dirs: list[Path]) -> list[dict]:
     for dump in dump_dirs:
         if not dump.is_dir():
             raise ReportError(f'{dump}: no such folder')
-        for log_dir in sorted(p for p in (dump / 'logs').glob('*') if p.is_dir()):
+        folders = [p for p in (dump / 'logs').glob('*') if p.is_dir()]
+        folders += [p for p in dump.glob('*') if (p / 'run.json').exists()]
+        for log_dir in sorted(folders):
             info_path = log_dir / 'run.json'
             if not info_path.exists():
                 warn(f'{log_dir}: no run.json (a run started before run.json existed?); skipped')
@@ -119,21 +134,107 @@ def summarize(run: dict) -> dict:
             'connectivity_pct': _connectivity(last.get('sparsity')),
             'layers': layers, 'synapses_kept': kept, 'acc_loss_pp': None,
             'sops_per_image': with_sops[-1]['sops'].get('total') if with_sops else None,
-            'started': info.get('started', '')}
+            'started': info.get('started', ''),
+            'setting': setting(info), 'seed': flags.get('seed'),
+            'group': (info['dataset'], re.sub(r'-seed-\d+', '', info['run']))}
+
+
+def setting(info: dict) -> str:
+    """A run's setting in words, from the flags its method varies (``Method.grid``), e.g.
+    ``'penalty 1e-3, s 0.95'``; ``''`` for a method without any."""
+    method = METHODS.get(info['method'])
+    grid = method.grid if method is not None else ('-penalty', '-s')
+    words = []
+    for flag in grid:
+        value = info['flags'].get(flag.lstrip('-').replace('-', '_'))
+        if value is not None:
+            text = sci(value) if isinstance(value, float) and 0 < abs(value) < 0.01 else f'{value:g}'
+            words.append(f'{flag.lstrip("-")} {text}')
+    return ', '.join(words)
+
+
+def _mean_sd(values: list) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (n - 1) of the values that are not None; the sd is
+    None for fewer than two values."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def _unpruned_means(rows: list[dict]) -> dict:
+    """Mean final accuracy of the unpruned runs per (data set, T)."""
+    unpruned = {key for key, m in METHODS.items() if not m.prunes}
+    accs = {}
+    for row in rows:
+        if row['method'] in unpruned and row['final_acc_pct'] is not None:
+            accs.setdefault((row['dataset'], row['T']), []).append(row['final_acc_pct'])
+    return {key: sum(v) / len(v) for key, v in accs.items()}
 
 
 def add_accuracy_loss(rows: list[dict]) -> None:
-    """Set ``acc_loss_pp`` = final accuracy of the newest (latest ``started``) unpruned run
-    with the same data set and T minus the row's, in percentage points; None without one."""
-    baselines = {}
-    unpruned = {key for key, m in METHODS.items() if not m.prunes}
-    for row in sorted((r for r in rows if r['method'] in unpruned and r['final_acc_pct'] is not None),
-                      key=lambda r: r['started']):
-        baselines[row['dataset'], row['T']] = row['final_acc_pct']
+    """Set ``acc_loss_pp`` = mean final accuracy of the unpruned runs with the same data set
+    and T minus the row's final accuracy, in percentage points; None without any."""
+    baselines = _unpruned_means(rows)
     for row in rows:
         base = baselines.get((row['dataset'], row['T']))
         if base is not None and row['final_acc_pct'] is not None:
             row['acc_loss_pp'] = base - row['final_acc_pct']
+
+
+def summarize_groups(rows: list[dict]) -> list[dict]:
+    """One row per setting (:data:`SUMMARY_COLUMNS`): the runs whose names differ only in
+    ``-seed-<seed>`` grouped, in the order of ``rows``."""
+    groups = {}
+    for row in rows:
+        groups.setdefault(row['group'], []).append(row)
+    baselines = _unpruned_means(rows)
+    out = []
+    for members in groups.values():
+        first = members[0]
+        summary = {'dataset': first['dataset'], 'method': first['method'], 'setting': first['setting'],
+                   'T': first['T'], 'n': len(members),
+                   'seeds': ' '.join(str(m['seed']) for m in sorted(members, key=lambda m: m['seed'] or 0)),
+                   'epochs_done': min(m['epochs_done'] for m in members),
+                   'training_done': all(m['training_done'] for m in members)}
+        for key, column in (('final_acc', 'final_acc_pct'), ('best_acc', 'best_acc_pct'),
+                            ('connectivity', 'connectivity_pct')):
+            summary[f'{key}_mean'], summary[f'{key}_sd'] = _mean_sd([m[column] for m in members])
+        base = baselines.get((first['dataset'], first['T']))
+        summary['acc_loss_pp'] = (None if base is None or summary['final_acc_mean'] is None
+                                  else base - summary['final_acc_mean'])
+        summary['sops_per_image'] = _mean_sd([m['sops_per_image'] for m in members])[0]
+        out.append(summary)
+    return out
+
+
+def write_summary(summary: list[dict], out: Path) -> None:
+    """``summary.csv`` (full precision) and ``summary.md`` (mean ± sd, two decimals)."""
+    with open(out / 'summary.csv', 'w', newline='') as f:
+        writer = csv.writer(f)
+        writer.writerow(SUMMARY_COLUMNS)
+        writer.writerows([_csv_cell(row[c]) for c in SUMMARY_COLUMNS] for row in summary)
+
+    def pm(row, key):
+        mean, sd = row[f'{key}_mean'], row[f'{key}_sd']
+        if mean is None:
+            return ''
+        return f'{mean:.2f}' if sd is None else f'{mean:.2f} ± {sd:.2f}'
+    head = ['method', 'setting', 'T', 'n', 'epochs', 'final acc %', 'best acc %', 'connectivity %',
+            'acc loss pp', 'SOPs / image']
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for row in summary:
+        method = METHODS.get(row['method'])
+        cells = [method.label if method is not None else row['method'], row['setting'] or '–', row['T'],
+                 row['n'], row['epochs_done'], pm(row, 'final_acc'), pm(row, 'best_acc'),
+                 pm(row, 'connectivity'),
+                 '' if row['acc_loss_pp'] is None else f"{row['acc_loss_pp']:.2f}",
+                 '' if row['sops_per_image'] is None else f"{row['sops_per_image']:,.0f}"]
+        lines.append('| ' + ' | '.join(map(str, cells)) + ' |')
+    (out / 'summary.md').write_text('\n'.join(lines) + '\n')
 
 
 def _sort_key(row: dict):
@@ -179,26 +280,29 @@ def write_tables(columns: list[str], values: list[list], out: Path) -> None:
     (out / 'results.md').write_text('\n'.join(lines) + '\n')
 
 
-def plot_accuracy_vs_connectivity(rows: list[dict], out: Path) -> None:
-    """``accuracy_vs_connectivity.png`` and ``.svg``: final test accuracy (%) against
-    connectivity (%, log scale), one series per (method, data set)."""
+def plot_accuracy_vs_connectivity(summary: list[dict], out: Path) -> None:
+    """``accuracy_vs_connectivity.png`` and ``.svg``: mean final test accuracy (%) against
+    mean connectivity (%, log scale), one point per setting with error bars of one standard
+    deviation over its seeds, one series per (method, data set)."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FormatStrFormatter
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     series = {}
-    for row in rows:
-        if row['final_acc_pct'] is not None and row['connectivity_pct']:
+    for row in summary:
+        if row['final_acc_mean'] is not None and row['connectivity_mean']:
             series.setdefault((row['method'], row['dataset']), []).append(
-                (row['connectivity_pct'], row['final_acc_pct']))
+                (row['connectivity_mean'], row['final_acc_mean'], row['connectivity_sd'] or 0.0,
+                 row['final_acc_sd'] or 0.0))
     for (method, dataset), points in sorted(series.items(), key=lambda kv: _sort_key(
             {'dataset': kv[0][1], 'method': kv[0][0], 'penalty': 0, 's': 0, 'run': ''})):
-        x, y = zip(*sorted(points))
+        x, y, xerr, yerr = zip(*sorted(points))
         known = METHODS.get(method)
         style = {'marker': 'o', 'markersize': 6, **(known.style if known is not None else {})}
-        ax.plot(x, y, **style, label=f'{known.label if known is not None else method} ({dataset})')
+        ax.errorbar(x, y, yerr=yerr, xerr=xerr, capsize=3, **style,
+                    label=f'{known.label if known is not None else method} ({dataset})')
     ax.set_xscale('log')
     ax.xaxis.set_major_formatter(FormatStrFormatter('%g'))      # 1, 10, 100 rather than 10^k
-    xs = [x for points in series.values() for x, _ in points]
+    xs = [p[0] for points in series.values() for p in points]
     if xs and max(xs) < 10 * min(xs):                           # within a decade: label minors
         ax.xaxis.set_minor_formatter(FormatStrFormatter('%g'))
     ax.set_xlabel('connectivity (% of synapses kept, log scale)')
@@ -223,7 +327,11 @@ def plot_curves(runs: list[dict], out: Path) -> None:
         if not records:
             continue
         epochs = [r['epoch'] for r in records]
-        acc_ax.plot(epochs, [100 * r['test_acc'] for r in records], marker='.', label=run['info']['run'])
+        info = run['info']
+        method = METHODS.get(info['method'])
+        label = ' '.join(w for w in (method.label if method is not None else info['method'], setting(info),
+                                     f"seed {info['flags'].get('seed')}") if w)
+        acc_ax.plot(epochs, [100 * r['test_acc'] for r in records], marker='.', label=label)
         conn_ax.plot(epochs, [_connectivity(r['sparsity']) for r in records], marker='.')
     acc_ax.set_ylabel('test accuracy (%)')
     conn_ax.set_ylabel('connectivity (% of synapses kept)')
@@ -252,9 +360,11 @@ def build_report(dump_dirs: list[Path], out: Path) -> list[dict]:
     rows.sort(key=_sort_key)
     out.mkdir(parents=True, exist_ok=True)
     write_tables(*table(rows), out)
+    summary = summarize_groups(rows)
+    write_summary(summary, out)
     import matplotlib
     matplotlib.use('Agg')
-    plot_accuracy_vs_connectivity(rows, out)
+    plot_accuracy_vs_connectivity(summary, out)
     plot_curves(runs, out)
     return rows
 

@@ -1,0 +1,73 @@
+"""report.py groups the runs that differ only in the seed: mean, sd and n, error bars, the
+accuracy loss against the unpruned mean; it reads the layout kept in docs/results/."""
+import csv
+import json
+
+import pytest
+
+import report
+
+SIZES = {'static_fc.1.weight': 800 * 784, 'fc.1.weight': 10 * 800}
+
+
+def _run(folder, name, method, flags, accs, sparsity):
+    """A finished run as report.py reads it: run.json and one metrics line per epoch."""
+    folder.mkdir(parents=True)
+    info = {'dataset': 'mnist', 'method': method, 'run': name, 'synapse_counts': SIZES,
+            'flags': {'N': len(accs) - 1, 'T': 8, 'seed': 2020, **flags}, 'started': '2026-12-01T00:00:00+00:00'}
+    (folder / 'run.json').write_text(json.dumps(info))
+    lines = [json.dumps({'epoch': e, 'test_acc': a, 'sparsity': sparsity,
+                         'layer_sparsity': {k: sparsity for k in SIZES}}) for e, a in enumerate(accs)]
+    (folder / 'metrics.jsonl').write_text('\n'.join(lines) + '\n')
+
+
+@pytest.fixture
+def kept(tmp_path):
+    """Three seeds of one Grad R setting, one of another, two unpruned seeds, laid out as
+    docs/results/mnist/<run>/."""
+    root = tmp_path / 'mnist'
+    grad = 'lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-grad'
+    for seed, accs, sparsity in ((2020, [0.90, 0.97], 0.90), (2021, [0.95, 0.98], 0.92), (2022, [0.99, 0.96], 0.94)):
+        name = grad if seed == 2020 else f'{grad}-seed-{seed}'
+        _run(root / name, name, 'grad', {'penalty': 1e-3, 's': 0.95, 'seed': seed}, accs, sparsity)
+    _run(root / 'lr-1e-3-b-128-T-8-penalty-5e-4-s-0.95-grad', 'lr-1e-3-b-128-T-8-penalty-5e-4-s-0.95-grad', 'grad',
+         {'penalty': 5e-4, 's': 0.95}, [0.95, 0.975], 0.5)
+    for seed, acc in ((2020, 0.98), (2021, 0.99)):
+        name = 'lr-1e-3-b-128-T-8-no_prune' + ('' if seed == 2020 else f'-seed-{seed}')
+        _run(root / name, name, 'no_prune', {'penalty': 1e-3, 's': None, 'seed': seed}, [0.5, acc], 0.0)
+    return root
+
+
+def test_runs_that_differ_in_the_seed_are_one_row_with_mean_sd_and_n(kept, tmp_path):
+    assert report.main([str(kept), '--out', str(tmp_path / 'out')]) == 0
+    rows = list(csv.DictReader(open(tmp_path / 'out' / 'summary.csv')))
+    assert [(r['method'], r['setting'], r['n'], r['seeds']) for r in rows] == [
+        ('grad', 'penalty 5e-4, s 0.95', '1', '2020'),
+        ('grad', 'penalty 1e-3, s 0.95', '3', '2020 2021 2022'),
+        ('no_prune', '', '2', '2020 2021')]
+    grad = rows[1]
+    # final accuracies 97, 98, 96: mean 97, sd sqrt((0 + 1 + 1) / 2) = 1; best 97, 98, 99: mean 98, sd 1;
+    # connectivity 10, 8, 6: mean 8, sd 2; unpruned mean (98 + 99) / 2 = 98.5, loss 1.5.
+    assert [float(grad[k]) for k in ('final_acc_mean', 'final_acc_sd', 'best_acc_mean', 'best_acc_sd',
+                                     'connectivity_mean', 'connectivity_sd', 'acc_loss_pp')] == \
+        pytest.approx([97, 1, 98, 1, 8, 2, 1.5])
+    assert rows[0]['final_acc_sd'] == '' and float(rows[0]['acc_loss_pp']) == pytest.approx(1.0)
+    md = (tmp_path / 'out' / 'summary.md').read_text()
+    assert '| Grad R | penalty 1e-3, s 0.95 | 8 | 3 | 2 | 97.00 ± 1.00 | 98.00 ± 1.00 | 8.00 ± 2.00 | 1.50 |' in md
+    per_run = {r['run']: r for r in csv.DictReader(open(tmp_path / 'out' / 'results.csv'))}
+    assert float(per_run['lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-grad-seed-2022']['acc_loss_pp']) == pytest.approx(2.5)
+    assert (tmp_path / 'out' / 'accuracy_vs_connectivity.png').stat().st_size > 0
+
+
+def test_curves_are_labelled_by_method_setting_and_seed(kept, tmp_path, monkeypatch):
+    labels = []
+    import matplotlib.axes
+    real_plot = matplotlib.axes.Axes.plot
+
+    def plot(self, *args, **kwargs):
+        if 'label' in kwargs:
+            labels.append(kwargs['label'])
+        return real_plot(self, *args, **kwargs)
+    monkeypatch.setattr(matplotlib.axes.Axes, 'plot', plot)
+    report.build_report([kept], tmp_path / 'out')
+    assert 'Grad R penalty 1e-3, s 0.95 seed 2021' in labels and 'no pruning seed 2020' in labels

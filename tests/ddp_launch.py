@@ -15,20 +15,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-from torch.utils.data import TensorDataset  # noqa: E402
 
 import engine  # noqa: E402
 from c10 import c10  # noqa: E402
+from helpers import stand_in  # noqa: E402
 from snn import StepwiseSyncBatchNorm2d  # noqa: E402
 
 SYNCBN_SHAPE = (3, 8, 4, 5, 5)
 """[T, N, C, H, W] of the global batch of :func:`syncbn_check`; N is split over the ranks."""
-
-
-def stand_in(n: int, seed: int) -> TensorDataset:
-    """``n`` random images [3, 32, 32] (float32, already network inputs) with labels 0..9."""
-    g = torch.Generator().manual_seed(seed)
-    return TensorDataset(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g))
 
 
 def syncbn_inputs():

@@ -1,13 +1,31 @@
 """Shared helpers of the end-to-end and CLI tests."""
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 REPO = Path(__file__).resolve().parents[1]
+CIFAR10_JPEG = Path(os.environ.get('CIFAR10_JPEG') or REPO.parent / 'shared' / 'data' / 'cifar10-jpeg.tar.gz')
+"""The team's JPEG copy of CIFAR-10 (``train/<class>/NNNN.jpg``, ``test/<class>/NNNN.jpg``),
+beside the repository unless the environment variable ``CIFAR10_JPEG`` names it."""
+
+
+def need_cifar10_jpeg() -> Path:
+    """The JPEG copy of CIFAR-10; the calling test is skipped when it is absent (a user's
+    clone), and fails instead under CI (``CI`` set), where it must be there.
+    """
+    if CIFAR10_JPEG.is_file():
+        return CIFAR10_JPEG
+    reason = f'needs the JPEG copy of CIFAR-10 at {CIFAR10_JPEG} (set CIFAR10_JPEG to its path)'
+    if os.environ.get('CI'):
+        pytest.fail(f'{reason}; CI has it, so its absence is a failure', pytrace=False)
+    pytest.skip(reason)
 
 
 def run_script(script, *args, cwd=REPO, timeout=600):
@@ -21,6 +39,19 @@ def config_for(exp, *argv):
     ``engine.main`` checks it (one process)."""
     import engine
     return engine.resolve(exp, engine.build_parser(exp).parse_args([str(a) for a in argv]))
+
+
+def stand_in(n, seed, shape=(3, 32, 32)):
+    """``n`` seeded random images of ``shape`` (float32, already network inputs) with labels
+    0..9: a data set for runs whose numbers do not matter (CIFAR-10's shape by default,
+    ``(1, 28, 28)`` for MNIST's)."""
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(n, *shape, generator=g), torch.randint(0, 10, (n,), generator=g))
+
+
+def strip_times(records):
+    """Metrics records without their ``*_seconds`` timings, which differ between runs."""
+    return [{k: v for k, v in r.items() if not k.endswith('_seconds')} for r in records]
 
 
 def read_metrics(log_dir):

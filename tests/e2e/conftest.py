@@ -1,4 +1,4 @@
-"""Session set-up shared by all test files."""
+"""Session set-up of the end-to-end tests: real MNIST on disk before the first of them."""
 import warnings
 
 import pytest

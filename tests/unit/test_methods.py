@@ -6,20 +6,16 @@ import json
 
 import pytest
 import torch
-from torch.utils.data import TensorDataset
 
 import engine
 import report
 import sweep
 from engine import methods
-from helpers import config_for, read_metrics, tensorboard_tags
+from helpers import config_for, read_metrics, stand_in, strip_times, tensorboard_tags
 from mnist import mnist
 from snn import synapse_parameters
 
-STAND_IN = (TensorDataset(torch.randn(48, 1, 28, 28, generator=torch.Generator().manual_seed(0)),
-                          torch.arange(48) % 10),
-            TensorDataset(torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1)),
-                          torch.arange(16) % 10))
+STAND_IN = (stand_in(48, 0, (1, 28, 28)), stand_in(16, 1, (1, 28, 28)))
 SMALL = ['-b', '8', '-i1', '1', '--device', 'cpu', '--no-compile', '--threads', '1']
 
 
@@ -124,9 +120,8 @@ def test_stds_trains_logs_its_width_and_resumes_bit_exactly(tmp_path):
     epoch0 = straight / 'models' / name / 'checkpoint-0.pt'
     assert engine.main(mnist.EXPERIMENT, [*STDS, '-N', '2', '--dump-dir', str(resumed), '--resume-from', str(epoch0)],
                        datasets=STAND_IN) == 0
-    strip = lambda rs: [{k: v for k, v in r.items() if not k.endswith('_seconds')} for r in rs]
     a, b = read_metrics(straight / 'logs' / name), read_metrics(resumed / 'logs' / name)
-    assert strip(a)[1:] == strip(b)
+    assert strip_times(a)[1:] == strip_times(b)
     # 6 steps an epoch, 18 in all: d after epoch e is D (1 + sin(pi (6 (e + 1) / 18 - 1/2))) / 2,
     # sin(-pi/6) = -1/2, sin(pi/6) = 1/2, sin(pi/2) = 1: 0.02 * [1/4, 3/4, 1].
     assert [round(r['flat_width'], 12) for r in a] == [0.005, 0.015, 0.02]

@@ -2,48 +2,15 @@
 released PIL path, and the new flags' checks (docs/method.md, "Data and augmentation",
 "Differences from the 2021 release")."""
 import math
-from argparse import Namespace
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
-from torch.utils.data import TensorDataset
-from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 import engine
-from c10 import c10
-from engine.augment import (affine_nearest, affine_params, crop_flip, crop_flip_params, epoch_draws,
-                            normalise)
-from engine.data import DevicePipeline, ReleasedPipeline, decode
-from helpers import config_for, REPO, read_metrics
+from engine.augment import affine_params, crop_flip, crop_flip_params, epoch_draws
+from helpers import config_for, read_metrics, stand_in, strip_times
 from mnist import mnist
-
-DATA = REPO / 'data'
-
-
-@pytest.fixture(scope='module')
-def mnist_sets():
-    mnist.ensure_mnist(DATA)
-    return mnist.load_datasets(Namespace(dataset_dir=DATA))
-
-
-def test_batched_affine_matches_torchvision_on_pil(mnist_sets):
-    """2,000 real MNIST digits, each with its own random parameters: the batched gather
-    against torchvision's affine of the PIL image on the same parameters."""
-    images, _ = decode(mnist_sets[0], 2000)
-    u = epoch_draws(seed=1, epoch=0, n=2000, draws=4)
-    angle, tx, ty, scale = affine_params(u, mnist.DEGREES, mnist.TRANSLATE, mnist.SCALE, (28, 28))
-    ours = affine_nearest(images, angle, tx, ty, scale)
-    equal = []
-    for i in range(2000):
-        ref = TF.affine(Image.fromarray(images[i, 0].numpy(), mode='L'), angle[i].item(),
-                        [int(tx[i]), int(ty[i])], scale[i].item(), [0.0, 0.0],
-                        interpolation=InterpolationMode.NEAREST, fill=0)
-        equal.append((torch.from_numpy(np.array(ref)) == ours[i, 0]).float().mean().item())
-    assert np.mean(equal) >= 0.97 and min(equal) >= 0.94, (np.mean(equal), min(equal))
-
 
 def test_batched_crop_flip_matches_torchvision_exactly():
     g = torch.Generator().manual_seed(0)
@@ -90,44 +57,7 @@ def test_a_sample_is_augmented_alike_whatever_the_batch_split():
     assert torch.equal(epoch_draws(7, 3, 64, 4), u) and not torch.equal(epoch_draws(7, 4, 64, 4), u)
 
 
-def _args(*argv):
-    return config_for(mnist.EXPERIMENT, '--device', 'cpu', *argv)
-
-
-def test_test_set_is_normalised_once_as_the_released_path(mnist_sets, tmp_path):
-    args = _args('--test-size', '3000', '--train-size', '256', '--dump-dir', str(tmp_path))
-    device, released = DevicePipeline(mnist_sets, args, mnist.EXPERIMENT.augment, (mnist.MEAN,), (mnist.STD,)), \
-        ReleasedPipeline(mnist_sets, _args('--test-size', '3000', '--train-size', '256', '--workers', '0',
-                                           '--data-pipeline', 'released', '--dump-dir', str(tmp_path)))
-    ours, theirs = list(device.test_batches()), list(released.test_batches())
-    assert [x.shape for x, _ in ours] == [(1000, 1, 28, 28)] * 3
-    assert torch.equal(torch.cat([x for x, _ in ours]), torch.cat([x for x, _ in theirs]))
-    assert torch.equal(torch.cat([y for _, y in ours]), torch.cat([y for _, y in theirs]))
-
-
-def test_training_batches_decoded_once_drop_the_last_partial_batch(mnist_sets, tmp_path):
-    args = _args('--train-size', '1000', '--dump-dir', str(tmp_path))
-    data = DevicePipeline(mnist_sets, args, mnist.EXPERIMENT.augment, (mnist.MEAN,), (mnist.STD,))
-    assert data.train_x.dtype == torch.uint8 and data.train_x.shape == (1000, 1, 28, 28)
-    batches = list(data.train_batches(0))
-    assert data.steps_per_epoch == 7 and [len(y) for _, y in batches] == [128] * 7
-    x, _ = batches[0]
-    assert x.dtype == torch.float32
-    background = (0 - mnist.MEAN) / mnist.STD               # fill 0 and black pixels, normalised
-    assert x.min().item() == pytest.approx(background) and x.max().item() == pytest.approx((1 - mnist.MEAN) / mnist.STD)
-    labels = torch.cat([y for _, y in batches])
-    assert len(labels.unique()) == 10
-
-
-def test_decode_reads_raw_images_without_transforms(mnist_sets):
-    images, labels = decode(mnist_sets[1], 5)
-    assert torch.equal(images[:, 0], mnist_sets[1].data[:5]) and labels.tolist() == mnist_sets[1].targets[:5].tolist()
-    assert torch.equal(normalise(images, (mnist.MEAN,), (mnist.STD,)),
-                       torch.stack([mnist_sets[1][i][0] for i in range(5)]))
-
-
-STAND_IN = (TensorDataset(torch.randn(48, 1, 28, 28), torch.arange(48) % 10),
-            TensorDataset(torch.randn(16, 1, 28, 28), torch.arange(16) % 10))
+STAND_IN = (stand_in(48, 0, (1, 28, 28)), stand_in(16, 1, (1, 28, 28)))
 SMALL = ['-m', 'grad', '-s', '0.95', '-b', '8', '-i1', '1', '--device', 'cpu', '--no-compile']
 
 
@@ -137,8 +67,7 @@ def test_device_path_resumes_bit_exactly(tmp_path):
     assert engine.main(mnist.EXPERIMENT, [*SMALL, '-N', '0', '--dump-dir', str(resumed)], datasets=STAND_IN) == 0
     assert engine.main(mnist.EXPERIMENT, [*SMALL, '-N', '2', '--dump-dir', str(resumed)], datasets=STAND_IN) == 0
     (name,) = [p.name for p in (straight / 'logs').iterdir()]
-    strip = lambda rs: [{k: v for k, v in r.items() if not k.endswith('_seconds')} for r in rs]
-    assert strip(read_metrics(straight / 'logs' / name)) == strip(read_metrics(resumed / 'logs' / name))
+    assert strip_times(read_metrics(straight / 'logs' / name)) == strip_times(read_metrics(resumed / 'logs' / name))
     a, b = (torch.load(d / 'models' / name / 'checkpoint.pt', weights_only=True) for d in (straight, resumed))
     assert a['data']['data_pipeline'] == 'device'
     assert torch.equal(a['data']['state']['generator'], b['data']['state']['generator'])

@@ -7,22 +7,16 @@ engine takes the datasets from the caller, so these tests pass a few dozen rando
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import TensorDataset
 
 import engine
 from c10 import c10
-from helpers import REPO, read_metrics, run_script, tensorboard_tags
+from helpers import REPO, read_metrics, run_script, stand_in, strip_times, tensorboard_tags
 
 WEIGHTS = ['static_conv.0.weight', 'conv.1.weight', 'conv.4.weight', 'conv.8.weight',
            'conv.11.weight', 'conv.14.weight', 'fc.2.weight', 'fc.4.weight']
 ARGS = ['-m', 'grad', '-s', '0.95', '-T', '2', '-b', '8', '-N', '1', '-i1', '2', '-i2', '2',
         '--workers', '0', '--no-compile', '--device', 'cpu']
 NAME = 'lr-1e-4-b-8-T-2-penalty-1e-3-s-0.95-grad'
-
-
-def stand_in(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    return TensorDataset(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g))
 
 
 DATA = (stand_in(32, 0), stand_in(16, 1))
@@ -88,8 +82,7 @@ def test_bn_parameters_get_plain_adam_and_are_never_pruned(trained):
 def test_resume_gives_the_same_numbers(trained, tmp_path):
     assert run(tmp_path, '-N', '0') == 0
     assert run(tmp_path) == 0
-    strip = lambda rs: [{k: v for k, v in r.items() if not k.endswith('_seconds')} for r in rs]
-    assert strip(read_metrics(tmp_path / 'logs' / NAME)) == strip(read_metrics(trained / 'logs' / NAME))
+    assert strip_times(read_metrics(tmp_path / 'logs' / NAME)) == strip_times(read_metrics(trained / 'logs' / NAME))
     a = torch.load(trained / 'models' / NAME / 'checkpoint.pt', weights_only=True)
     b = torch.load(tmp_path / 'models' / NAME / 'checkpoint.pt', weights_only=True)
     for key in a['model']:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import REPO, read_metrics, run_script, tensorboard_tags
+from helpers import REPO, read_metrics, run_script, strip_times, tensorboard_tags
 
 MNIST = REPO / 'mnist' / 'mnist.py'
 # The default (device) data path, eager; test_released_pipeline_resumes_too checks the
@@ -107,9 +107,8 @@ def test_released_pipeline_and_compiled_runs_resume_too(tmp_path, extra):
     for dump, last in ((straight, '1'), (resumed, '0'), (resumed, '1')):
         done = run_script(MNIST, '-m', 'grad', '-s', '0.95', '--dump-dir', dump, *argv, '-N', last)
         assert done.returncode == 0, done.stderr
-    strip = lambda rs: [{k: v for k, v in r.items() if not k.endswith('_seconds')} for r in rs]
     records = read_metrics(straight / 'logs' / NAME)
-    assert strip(read_metrics(resumed / 'logs' / NAME)) == strip(records)
+    assert strip_times(read_metrics(resumed / 'logs' / NAME)) == strip_times(records)
     assert records[-1]['test_acc'] > 0.7
     a, b = (torch.load(d / 'models' / NAME / 'checkpoint.pt', weights_only=True) for d in (straight, resumed))
     assert all(torch.equal(a['model'][k], b['model'][k]) for k in a['model'])

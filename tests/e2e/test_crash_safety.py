@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import TensorDataset
 
 import engine
 from engine import safety
-from helpers import REPO, read_metrics, run_script, tensorboard_tags
+from helpers import REPO, read_metrics, run_script, stand_in, strip_times, tensorboard_tags
 from mnist import mnist
 
 sys.path.insert(0, str(REPO / 'benchmarks'))
@@ -29,12 +28,7 @@ FLAGS = ['-m', 'grad', '-s', '0.95', '-b', '8', '-i1', '1', '-i2', '3', '--worke
          '--no-compile']
 
 
-def _stand_in(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    return TensorDataset(torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
-
-
-SETS = (_stand_in(32, 0), _stand_in(16, 1))          # 4 steps an epoch
+SETS = (stand_in(32, 0, (1, 28, 28)), stand_in(16, 1, (1, 28, 28)))          # 4 steps an epoch
 
 
 def train(dump, *extra, flags=FLAGS):
@@ -44,10 +38,6 @@ def train(dump, *extra, flags=FLAGS):
 def one_line(capsys):
     (line,) = capsys.readouterr().err.strip().splitlines()
     return line
-
-
-def strip_times(records):
-    return [{k: v for k, v in r.items() if not k.endswith('_seconds')} for r in records]
 
 
 def models(dump):

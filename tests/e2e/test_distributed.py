@@ -9,14 +9,14 @@ import sys
 import pytest
 import torch
 
+import engine
 from c10.model import CIFAR10SNN
-from snn import StepwiseBatchNorm2d
 from ddp_launch import syncbn_inputs, train_twice
 from engine import distributed
 from engine.distributed import Ranks
-from snn import StepwiseSyncBatchNorm2d, convert_sync_batchnorm, synapses
 from helpers import REPO, read_metrics, run_script
 from mnist import mnist
+from snn import StepwiseBatchNorm2d, StepwiseSyncBatchNorm2d, convert_sync_batchnorm, synapses
 
 LAUNCH = REPO / 'tests' / 'ddp_launch.py'
 MNIST = REPO / 'mnist' / 'mnist.py'

@@ -3,7 +3,6 @@
 augmentation"): steps per epoch, epoch counts, TensorBoard after a crash, Deep R's
 reactivation on real MNIST, the MNIST download fallback, the CIFAR-10 archive format."""
 import pickle
-import subprocess
 import tarfile
 from argparse import Namespace
 
@@ -16,7 +15,7 @@ from torch.utils.data import TensorDataset
 import engine
 from c10 import c10
 from engine.data import ReleasedPipeline, make_pipeline
-from helpers import config_for, REPO, read_metrics, run_script, tensorboard_tags
+from helpers import REPO, config_for, read_metrics, run_script, stand_in, strip_times, tensorboard_tags
 from mnist import mnist
 
 MNIST = REPO / 'mnist' / 'mnist.py'
@@ -69,13 +68,8 @@ def test_default_epochs_are_the_released_ones(exp, last, epochs):
     assert f'({epochs} by default)' in ' '.join(parser.format_help().split())
 
 
-def _stand_in(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    return TensorDataset(torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
-
-
 SMALL = ['-m', 'grad', '-s', '0.95', '-b', '8', '-i1', '1', '-i2', '3', '--workers', '0', '--no-compile', '--device', 'cpu']
-SETS = (_stand_in(32, 0), _stand_in(16, 1))
+SETS = (stand_in(32, 0, (1, 28, 28)), stand_in(16, 1, (1, 28, 28)))
 
 
 def test_a_fresh_run_trains_epochs_0_to_N(tmp_path):
@@ -192,8 +186,7 @@ def test_deep_r_resumes_through_a_checkpoint(deep_runs, tmp_path):
     _, (models, records) = deep_runs['released']
     _deep_run(tmp_path, '-N', '0')
     resumed_models, resumed = _deep_run(tmp_path)
-    strip = lambda rs: [{k: v for k, v in r.items() if not k.endswith('_seconds')} for r in rs]
-    assert strip(resumed) == strip(records)
+    assert strip_times(resumed) == strip_times(records)
     a, b = _weights(models / 'checkpoint.pt'), _weights(resumed_models / 'checkpoint.pt')
     assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -1,0 +1,56 @@
+"""The CUDA path's CPU-side fixes (issue 21, part A), each shown on the CPU: what a CUDA run
+does per step (no host-device copy or sync where none is needed), what --amp's bfloat16
+changes (counts and membrane state stay float32) and how checkpoints move between machines
+with other devices."""
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from gradrewire import GradRewiring
+
+
+class AtenOps(TorchDispatchMode):
+    """Records the name of every aten operation run inside the ``with`` block."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+# ---------------------------------------------------------------- rewiring_base.scalar
+
+def _compiled_grad_r(like):
+    return GradRewiring([torch.nn.Parameter(like.clone())], alpha=1e-3, s=0.95, compiled=True)
+
+
+SCALARS = [1e-3 / (1 - 0.9),          # step on the first step with lr 1e-3, b1 0.9
+           0.1, -2302.585092994046,   # mu of s 0.95, alpha 1e-3
+           1e-40,                     # a float32 subnormal (bits 71362)
+           1e-46,                     # below float32's smallest subnormal: 0
+           3.4028235e38,              # above float32's max, rounds to it
+           1e39, float('-inf')]       # beyond the range: inf; -inf
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('value', SCALARS)
+def test_compiled_scalar_has_the_bits_of_torch_tensor(value, dtype):
+    like = torch.zeros(3, dtype=dtype)
+    got = _compiled_grad_r(like).scalar(value, like)
+    want = torch.tensor(value, dtype=dtype)           # what scalar() returned before
+    assert got.dtype == dtype and got.device == like.device and got.shape == ()
+    bits = torch.int32 if dtype == torch.float32 else torch.int64
+    assert got.view(bits).item() == want.view(bits).item()
+
+
+def test_compiled_scalar_is_filled_not_copied_from_host_memory():
+    like = torch.zeros(3)
+    opt = _compiled_grad_r(like)
+    with AtenOps() as ops:
+        opt.scalar(0.1, like)
+    # torch.tensor(...) lifts a host buffer (aten.lift_fresh; a copy on CUDA); full fills.
+    assert ops.names == ['aten.full.default']
+    assert opt.scalar(1e-40, like).view(torch.int32).item() == 71362

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from engine.augment import normalise
 from gradrewire import GradRewiring
 
 
@@ -54,3 +55,23 @@ def test_compiled_scalar_is_filled_not_copied_from_host_memory():
     # torch.tensor(...) lifts a host buffer (aten.lift_fresh; a copy on CUDA); full fills.
     assert ops.names == ['aten.full.default']
     assert opt.scalar(1e-40, like).view(torch.int32).item() == 71362
+
+
+# ---------------------------------------------------------------- engine.augment.normalise
+
+def test_normalise_makes_mean_and_std_once_and_keeps_the_bits(monkeypatch):
+    mean, std = (0.25, 0.5, 0.75), (0.5, 0.25, 0.125)    # values no other test uses
+    images = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 3, 1, 1).expand(4, 3, 2, 2)
+    made = []
+    for name in ('tensor', 'as_tensor'):                 # every tensor made from host numbers
+        original = getattr(torch, name)
+        monkeypatch.setattr(torch, name, lambda *a, _f=original, **k: made.append(a) or _f(*a, **k))
+    outs = [normalise(images, mean, std) for _ in range(3)]
+    assert len(made) == 2                                 # mean and std, for the first batch only
+    # (x / 255 - mean) / std: (0 - 0.25) / 0.5, (0.2 - 0.5) / 0.25, (1 - 0.75) / 0.125
+    monkeypatch.undo()
+    x = images.to(torch.float32) / 255
+    want = (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    for out in outs:
+        assert out.dtype == torch.float32 and torch.equal(out, want)
+    torch.testing.assert_close(outs[0][0, :, 0, 0], torch.tensor([-0.5, -1.2, 2.0]))

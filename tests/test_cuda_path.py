@@ -4,10 +4,13 @@ changes (counts and membrane state stay float32) and how checkpoints move betwee
 with other devices."""
 import pytest
 import torch
+from spikingjelly.activation_based import functional, layer
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from engine.augment import normalise
+from engine.metrics import FiringRateMonitor
 from gradrewire import GradRewiring
+from snn import lif
 
 
 class AtenOps(TorchDispatchMode):
@@ -75,3 +78,32 @@ def test_normalise_makes_mean_and_std_once_and_keeps_the_bits(monkeypatch):
     for out in outs:
         assert out.dtype == torch.float32 and torch.equal(out, want)
     torch.testing.assert_close(outs[0][0, :, 0, 0], torch.tensor([-0.5, -1.2, 2.0]))
+
+
+# ---------------------------------------------------------------- engine.metrics (firing rates)
+
+def _current_to_lif():
+    """Linear 1 -> 1 (weight 1) then one LIF neuron, multi-step: input [T, N, 1] -> spikes."""
+    linear = layer.Linear(1, 1, bias=False, step_mode='m')
+    torch.nn.init.ones_(linear.weight)
+    model = torch.nn.Sequential(linear, lif())
+    functional.set_step_mode(model, 'm')
+    return model
+
+
+def test_firing_rate_counts_are_exact_under_bfloat16_autocast():
+    # A current of 3 makes the neuron fire at every step (H = (V + 3) / 2 >= 1.5), one of 0
+    # never (it starts from V = 0 after a spike): 8 x 1000 steps, 3 of them without current.
+    T, N = 8, 1000
+    x = torch.full((T, N, 1), 3.0)
+    x[0, 0] = x[3, 500] = x[7, 999] = 0.0
+    model = _current_to_lif().eval()
+    with FiringRateMonitor(model) as monitor, torch.no_grad():
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            spikes = model(x)
+        monitor.count_samples(N)
+    assert spikes.dtype == torch.bfloat16 and spikes.sum(dtype=torch.float64).item() == 7997
+    assert monitor.spikes['1'].tolist() == [7997.0]      # bfloat16 would round it to 8000
+    rates = monitor.results()['1']
+    assert rates['avg_firing_rate'] == float(torch.tensor(7997.0) / torch.tensor(8000.0))
+    assert rates['nonfire_prop'] == 0.0

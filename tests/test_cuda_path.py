@@ -9,6 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from engine.augment import normalise
 from engine.metrics import FiringRateMonitor
+from engine.sops import SynapticOpsMonitor
 from gradrewire import GradRewiring
 from snn import lif
 
@@ -107,3 +108,45 @@ def test_firing_rate_counts_are_exact_under_bfloat16_autocast():
     rates = monitor.results()['1']
     assert rates['avg_firing_rate'] == float(torch.tensor(7997.0) / torch.tensor(8000.0))
     assert rates['nonfire_prop'] == 0.0
+
+
+# ---------------------------------------------------------------- engine.sops
+
+class Fire(torch.nn.Module):
+    """Heaviside(x - 0.5) in x's dtype: spikes, bfloat16 under autocast."""
+
+    def forward(self, x):
+        return (x >= 0.5).to(x.dtype)
+
+
+def _ones(module):
+    torch.nn.init.ones_(module.weight)
+    return module
+
+
+def _sops_under_bfloat16_autocast(model, images):
+    with SynapticOpsMonitor(model) as monitor, torch.no_grad():
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            model(images)
+    return monitor.results()
+
+
+def test_linear_sops_are_exact_under_bfloat16_autocast():
+    # 257 images, each one spike into a Linear 1 -> 3 with every synapse linked: 3 SOPs per
+    # image. Summed in bfloat16 the 257 spikes of the batch would count as 256.
+    model = torch.nn.Sequential(_ones(torch.nn.Linear(1, 1, bias=False)), Fire(),
+                                _ones(torch.nn.Linear(1, 3, bias=False)))
+    r = _sops_under_bfloat16_autocast(model, torch.ones(257, 1))
+    assert r['images'] == 257 and r['per_layer'] == {'2.weight': 3.0} and r['dense_total'] == 3.0
+
+
+def test_conv_sops_are_exact_under_bfloat16_autocast():
+    # One image: 29 channels of 3x3 spikes into a 3x3 convolution 29 -> 1, padding 1, every
+    # synapse linked. Output (i, j) reads 29 x (in-bounds taps): corners 29 x 4 = 116,
+    # edges 29 x 6 = 174, the centre 29 x 9 = 261 (bfloat16: 260). In all
+    # 4 x 116 + 4 x 174 + 261 = 1421.
+    model = torch.nn.Sequential(_ones(torch.nn.Conv2d(1, 29, 1, bias=False)), Fire(),
+                                _ones(torch.nn.Conv2d(29, 1, 3, padding=1, bias=False)))
+    r = _sops_under_bfloat16_autocast(model, torch.ones(1, 1, 3, 3))
+    assert r['per_layer'] == {'2.weight': 1421.0} and r['dense_total'] == 1421.0
+    assert r['first_layer_macs'] == 29 * 9

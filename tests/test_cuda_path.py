@@ -150,3 +150,29 @@ def test_conv_sops_are_exact_under_bfloat16_autocast():
     r = _sops_under_bfloat16_autocast(model, torch.ones(1, 1, 3, 3))
     assert r['per_layer'] == {'2.weight': 1421.0} and r['dense_total'] == 1421.0
     assert r['first_layer_macs'] == 29 * 9
+
+
+# ---------------------------------------------------------------- snn.lif under --amp and --compile
+
+@pytest.mark.parametrize('training', [True, False])
+def test_lif_state_is_float32_under_bfloat16_autocast_compiled_or_not(training):
+    gen = torch.Generator().manual_seed(0)
+    x = 2.0 * torch.randn(4, 3, 5, generator=gen)      # [T, N, features] currents
+    weight = torch.randn(6, 5, generator=gen)
+    runs = []
+    for compiled in (False, True):
+        linear = layer.Linear(5, 6, bias=False, step_mode='m')
+        with torch.no_grad():
+            linear.weight.copy_(weight)
+        model = torch.nn.Sequential(linear, lif())
+        functional.set_step_mode(model, 'm')
+        model.train(training)
+        run = torch.compile(model) if compiled else model
+        with torch.autocast('cpu', dtype=torch.bfloat16), torch.no_grad():
+            spikes = run(x)                               # the Linear's output is bfloat16
+        runs.append((spikes, model[1].v))
+    (eager_spikes, eager_v), (compiled_spikes, compiled_v) = runs
+    assert eager_v.dtype == compiled_v.dtype == torch.float32
+    assert eager_spikes.dtype == compiled_spikes.dtype
+    assert torch.equal(eager_spikes, compiled_spikes) and torch.equal(eager_v, compiled_v)
+    assert 0 < eager_spikes.sum() < eager_spikes.numel()   # some fired, some did not

@@ -7,6 +7,8 @@ import torch
 from spikingjelly.activation_based import functional, layer
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import deeprewire
+from deeprewire import DeepRewiring, bernoulli_positions
 from engine.augment import normalise
 from engine.metrics import FiringRateMonitor
 from engine.sops import SynapticOpsMonitor
@@ -176,3 +178,93 @@ def test_lif_state_is_float32_under_bfloat16_autocast_compiled_or_not(training):
     assert eager_spikes.dtype == compiled_spikes.dtype
     assert torch.equal(eager_spikes, compiled_spikes) and torch.equal(eager_v, compiled_v)
     assert 0 < eager_spikes.sum() < eager_spikes.numel()   # some fired, some did not
+
+
+# ---------------------------------------------------------------- deeprewire: sparse reactivation draws
+
+def test_bernoulli_positions_follow_the_documented_gaps():
+    # p = 1/2: a draw u gives floor(log1p(-u) / log(1/2)) failures, the largest g with
+    # 1 - u <= 2**-g: 0 for u < 1/2, 1 for u in [1/2, 3/4), 2 for u in [3/4, 7/8), ...
+    # k = 20: one batch of int(10 + 4 * sqrt(10) + 16) = 38 draws.
+    got = bernoulli_positions(20, 0.5, torch.Generator().manual_seed(5))
+    u = torch.rand(38, generator=torch.Generator().manual_seed(5), dtype=torch.float64).tolist()
+    want, position = [], -1
+    for draw in u:
+        gap = 0
+        while 1 - draw <= 0.5 ** (gap + 1):
+            gap += 1
+        position += gap + 1
+        if position < 20:
+            want.append(position)
+    assert got.dtype == torch.int64 and got.tolist() == want
+    assert 4 <= len(want) <= 16 and want != list(range(len(want)))  # a real draw, with gaps
+
+
+def test_bernoulli_positions_with_p_1_is_every_position_without_a_draw():
+    gen = torch.Generator().manual_seed(3)
+    before = gen.get_state()
+    assert bernoulli_positions(7, 1.0, gen).tolist() == list(range(7))
+    assert bernoulli_positions(0, 0.5, gen).tolist() == []
+    assert torch.equal(gen.get_state(), before)
+    with pytest.raises(ValueError, match=r"^p \(probability\) must satisfy 0 < p <= 1, got 0.0$"):
+        bernoulli_positions(7, 0.0, gen)
+
+
+@pytest.mark.parametrize('k, p', [(100000, 0.3), (200000, 0.002)])
+def test_bernoulli_positions_have_the_law_of_k_trials(k, p):
+    got = bernoulli_positions(k, p, torch.Generator().manual_seed(9))
+    n, sd = k * p, (k * p * (1 - p)) ** 0.5
+    assert abs(len(got) - n) < 4 * sd                       # binomial count
+    assert got.unique().numel() == len(got) and torch.all(got[1:] > got[:-1])
+    assert 0 <= got.min() and got.max() < k
+    halves = (got < k // 2).sum().item()                  # as many in each half of the range
+    assert abs(halves - n / 2) < 4 * (n / 4) ** 0.5
+
+
+@pytest.fixture
+def generator_elsewhere(monkeypatch):
+    """Deep R acts as if its generator were on another device than the weights (a CPU
+    generator with CUDA weights): the reactivations take the sparse path."""
+    monkeypatch.setattr(deeprewire, '_same_device', lambda a, b: False, raising=False)
+
+
+def _halves_dormant(n, max_s, seed):
+    # 0.5 - 1 < 0: the first n/2 synapses go dormant (L1 pull 1, no gradient), the rest stay.
+    w = torch.nn.Parameter(torch.cat([torch.full((n // 2,), 0.5), torch.full((n // 2,), 3.0)]))
+    opt = DeepRewiring([w], lr=1.0, betas=(0.0, 0.0), eps=1e-3, l1=1.0, max_s=max_s, seed=seed)
+    w.grad = torch.zeros(n)
+    return w, opt
+
+
+def test_sparse_reactivation_draws_about_k_p_numbers_not_numel(generator_elsewhere, monkeypatch):
+    # c = 0.5, max_s = 0.49: p = 0.01 / 0.5 = 0.02 for each of the 5000 dormant synapses,
+    # about 100 reactivated; one batch of int(100 + 40 + 16) = 156 draws, not 10000.
+    w, opt = _halves_dormant(10000, 0.49, seed=21)
+    drawn = []
+    rand = torch.rand
+    monkeypatch.setattr(torch, 'rand', lambda *a, **k: drawn.append(rand(*a, **k)) or drawn[-1])
+    opt.step()
+    assert sum(d.numel() for d in drawn) == 156
+    revived = (w[:5000] != 0).nonzero().flatten()
+    assert torch.equal(revived, bernoulli_positions(5000, 0.02, torch.Generator().manual_seed(21)))
+    assert abs(len(revived) - 100) < 40 and (w[revived] == 1e-3).all() and (w[5000:] == 2.0).all()
+
+
+@pytest.mark.parametrize('regrowth, second', [('released', [0.0, 0.0]), ('active', [1.0, -1.0])])
+def test_sparse_reactivation_keeps_the_hand_checked_regrowth(generator_elsewhere, regrowth, second):
+    # As test_deeprewire's released/active cases: max_s = 0 gives p = 1, every dormant synapse
+    # is reactivated (to +eps released, to sign * eps active), without a draw.
+    eps = 1e-3
+    w = torch.nn.Parameter(torch.tensor([0.5, -0.5, 2.0, 3.0], dtype=torch.float64))
+    opt = DeepRewiring([w], lr=1.0, betas=(0.0, 0.0), eps=eps, l1=1.0, max_s=0.0, regrowth=regrowth)
+    before = opt.generator.get_state()
+    w.grad = torch.zeros(4, dtype=torch.float64)
+    opt.step()
+    assert w.tolist() == ([eps, eps, 1.0, 2.0] if regrowth == 'released' else [eps, -eps, 1.0, 2.0])
+    assert torch.equal(opt.generator.get_state(), before)
+    opt.param_groups[0].update(l1=0.0, max_s=1.0)
+    w.grad = torch.tensor([-1.0, 1.0, 0.0, 0.0], dtype=torch.float64)
+    opt.step()
+    # released: never trained, zeroed; active: trained by 1 * g / (|g| + eps) = -+1 / (1 + eps)
+    expected = [s * (eps + 1 / (1 + eps)) for s in second] if regrowth == 'active' else second
+    torch.testing.assert_close(w.detach()[:2], torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-15)

@@ -7,7 +7,9 @@ and becomes dormant (w = 0) when its sign would flip. Hard mode then reactivates
 dormant synapses to keep the sparsity at most max_s; soft mode keeps a hidden strength that
 may return from below 0 (down to theta_min).
 """
+import hashlib
 import math
+import warnings
 
 import torch
 
@@ -57,7 +59,8 @@ class DeepRewiring(RewiringMixin, torch.optim.Adam):
         hard mode: 'numel' (int); soft mode: 'strength' (theta, starting at |w|) and, when
         l1 > 0 and max_s < 1, 'theta_min' = -(0.5 T^2 max_s) / (l1 (1 - max_s)) (float).
     `state_dict()` adds the key 'generator' (the generator's state, a uint8 tensor), which
-    `load_state_dict()` requires and restores, so a resumed run is bit-identical.
+    `load_state_dict()` requires and restores, so a resumed run is bit-identical (on a device
+    of the same kind; see `load_state_dict` for a state from another kind of generator).
 
     Raises:
         ValueError (construction, `add_param_group`): lr < 0, eps < 0, a beta outside [0, 1),
@@ -96,8 +99,16 @@ class DeepRewiring(RewiringMixin, torch.optim.Adam):
     def load_state_dict(self, state_dict):
         """Load a `state_dict()` of a DeepRewiring, restoring the generator's state too.
 
+        A state saved from a generator of another kind (docs/method.md, "Randomness": a CPU
+        generator's state is 5,056 bytes, a CUDA one's 16), e.g. a CPU run's checkpoint
+        resumed in a CUDA process, cannot be restored into this optimizer's generator. The
+        generator then stays where it is and is seeded instead with the first 8 bytes
+        (little-endian) of the SHA-256 of the saved state, with a warning: the resumed run
+        draws reproducibly, but not the numbers the saving run would have drawn next.
+
         Raises:
             ValueError: `state_dict` has no 'generator' entry (it could not resume bit-identically).
+            RuntimeError: the generator refuses a state of its own size (a damaged state).
         """
         state_dict = dict(state_dict)
         if "generator" not in state_dict:
@@ -105,7 +116,17 @@ class DeepRewiring(RewiringMixin, torch.optim.Adam):
                              f"got keys {sorted(state_dict)}")
         generator_state = state_dict.pop("generator")
         super().load_state_dict(state_dict)
-        self.generator.set_state(generator_state)
+        own_size = self.generator.get_state().numel()
+        if generator_state.numel() == own_size:
+            self.generator.set_state(generator_state)
+            return
+        seed = seed_from_state(generator_state)
+        self.generator.manual_seed(seed)
+        warnings.warn(f"Deep R: the saved generator state ({generator_state.numel()} bytes) is not one "
+                      f"of this run's {self.generator.device} generator ({own_size} bytes), saved on "
+                      f"another kind of device; the generator was seeded from it instead ({seed}), so "
+                      f"the draws after the resume differ from those of a run that stayed on one device",
+                      stacklevel=2)
 
     def _draw(self, sample, w, **kwargs):
         """`sample` (torch.randn / torch.rand) shaped like `w` from the generator, moved to w's device."""
@@ -188,6 +209,13 @@ class DeepRewiring(RewiringMixin, torch.optim.Adam):
         if kernel is not deep_r_soft_update:
             theta_min = self.scalar(theta_min, w)
         kernel(w, state["sign"], state["active"], state["strength"], state["exp_avg"], *args, theta_min)
+
+
+def seed_from_state(state):
+    """A 64-bit seed from a generator state (uint8 tensor, any device): the first 8 bytes of
+    its SHA-256, little-endian (docs/method.md, "Randomness")."""
+    digest = hashlib.sha256(state.detach().cpu().contiguous().numpy().tobytes()).digest()
+    return int.from_bytes(digest[:8], "little")
 
 
 def _same_device(a, b):

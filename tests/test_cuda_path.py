@@ -2,6 +2,8 @@
 does per step (no host-device copy or sync where none is needed), what --amp's bfloat16
 changes (counts and membrane state stay float32) and how checkpoints move between machines
 with other devices."""
+import hashlib
+
 import pytest
 import torch
 from spikingjelly.activation_based import functional, layer
@@ -268,3 +270,71 @@ def test_sparse_reactivation_keeps_the_hand_checked_regrowth(generator_elsewhere
     # released: never trained, zeroed; active: trained by 1 * g / (|g| + eps) = -+1 / (1 + eps)
     expected = [s * (eps + 1 / (1 + eps)) for s in second] if regrowth == 'active' else second
     torch.testing.assert_close(w.detach()[:2], torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-15)
+
+
+# ---------------------------------------------------------------- deeprewire: a generator state of another kind
+
+def _deep_r_with_noise(generator=None):
+    w = torch.nn.Parameter(torch.tensor([1.0, -1.0, 2.0]))
+    return w, DeepRewiring([w], lr=0.1, T=0.5, l1=0.0, max_s=1.0, seed=4, generator=generator)
+
+
+def _state_dict_with(generator_state):
+    w, opt = _deep_r_with_noise()
+    w.grad = torch.ones(3)
+    opt.step()
+    return {**opt.state_dict(), 'generator': generator_state}
+
+
+def test_a_cuda_generator_state_resumes_on_a_cpu_generator():
+    cuda_like = torch.arange(16, dtype=torch.uint8)          # a CUDA state: seed and offset, 16 bytes
+    seed = int.from_bytes(hashlib.sha256(bytes(range(16))).digest()[:8], 'little')
+    states = []
+    for _ in range(2):                                         # the same resume, twice
+        w, opt = _deep_r_with_noise()
+        with pytest.warns(UserWarning, match=r"^Deep R: the saved generator state \(16 bytes\) is not one of "
+                                             r"this run's cpu generator \(5056 bytes\)"):
+            opt.load_state_dict(_state_dict_with(cuda_like))
+        assert torch.equal(opt.generator.get_state(), torch.Generator().manual_seed(seed).get_state())
+        w.grad = torch.ones(3)
+        opt.step()                                             # draws the noise from it
+        states.append((w.detach().clone(), opt.generator.get_state()))
+    assert torch.equal(states[0][0], states[1][0]) and torch.equal(states[0][1], states[1][1])
+    w, opt = _deep_r_with_noise()
+    with pytest.warns(UserWarning):
+        opt.load_state_dict(_state_dict_with(torch.arange(1, 17, dtype=torch.uint8)))
+    assert not torch.equal(opt.generator.get_state(), states[0][1])   # another state, another seed
+
+
+class CudaLikeGenerator(torch.Generator):
+    """Stands in for a CUDA generator on the CPU: a 16-byte state that refuses any other."""
+
+    device = torch.device('cuda', 0)
+
+    def __init__(self):
+        super().__init__()
+        self.seeds, self.state = [], torch.zeros(16, dtype=torch.uint8)
+
+    def get_state(self):
+        return self.state
+
+    def set_state(self, state):
+        if state.numel() != 16:
+            raise RuntimeError(f'Expected a CUDA generator state of size 16, got {state.numel()}')
+        self.state = state
+
+    def manual_seed(self, seed):
+        self.seeds.append(seed)
+        return self
+
+
+def test_a_cpu_generator_state_resumes_on_a_cuda_generator():
+    cpu_state = torch.Generator().manual_seed(2020).get_state()          # 5056 bytes
+    seed = int.from_bytes(hashlib.sha256(cpu_state.numpy().tobytes()).digest()[:8], 'little')
+    gen = CudaLikeGenerator()
+    _, opt = _deep_r_with_noise(generator=gen)
+    with pytest.warns(UserWarning, match=r"\(5056 bytes\) is not one of this run's cuda:0 generator \(16 bytes\)"):
+        opt.load_state_dict(_state_dict_with(cpu_state))
+    assert opt.generator is gen and gen.seeds == [seed]
+    opt.load_state_dict(_state_dict_with(torch.full((16,), 7, dtype=torch.uint8)))   # its own kind
+    assert gen.seeds == [seed] and gen.state.tolist() == [7] * 16

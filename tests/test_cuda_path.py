@@ -12,6 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import deeprewire
 from deeprewire import DeepRewiring, bernoulli_positions
 from engine.augment import normalise
+from engine.checkpoint import atomic_save, load_checkpoint, rng_states, set_rng_states
 from engine.metrics import FiringRateMonitor
 from engine.sops import SynapticOpsMonitor
 from gradrewire import GradRewiring
@@ -338,3 +339,53 @@ def test_a_cpu_generator_state_resumes_on_a_cuda_generator():
     assert opt.generator is gen and gen.seeds == [seed]
     opt.load_state_dict(_state_dict_with(torch.full((16,), 7, dtype=torch.uint8)))   # its own kind
     assert gen.seeds == [seed] and gen.state.tolist() == [7] * 16
+
+
+# ---------------------------------------------------------------- engine.checkpoint: CUDA generator states
+
+@pytest.fixture
+def one_cuda_device(monkeypatch):
+    """torch.cuda as on a machine with one GPU: its generator's state is a 16-byte tensor;
+    a device index beyond it fails as torch's does (IndexError from default_generators).
+    Returns the list of (device index, state) restored."""
+    restored = []
+    own = {'state': torch.arange(16, dtype=torch.uint8)}
+
+    def index(device):
+        i = device if isinstance(device, int) else torch.device(device).index or 0
+        if i >= 1:
+            raise IndexError('tuple index out of range')
+        return i
+
+    def set_rng_state(state, device='cuda'):
+        restored.append((index(device), state))
+        own['state'] = state
+
+    def get_rng_state(device='cuda'):
+        index(device)
+        return own['state'].clone()
+
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    for module in (torch.cuda, torch.cuda.random):      # the *_all functions call the latter's
+        monkeypatch.setattr(module, 'device_count', lambda: 1)
+        monkeypatch.setattr(module, 'set_rng_state', set_rng_state)
+        monkeypatch.setattr(module, 'get_rng_state', get_rng_state)
+    return restored
+
+
+def test_checkpoint_saves_and_restores_the_run_devices_cuda_generator_only(one_cuda_device, tmp_path):
+    states = rng_states()
+    assert torch.equal(states['cuda'], torch.arange(16, dtype=torch.uint8))   # one state, not a list
+    atomic_save({'rng': states}, tmp_path / 'c.pt')
+    set_rng_states(load_checkpoint(tmp_path / 'c.pt')['rng'])
+    assert [(i, s.tolist()) for i, s in one_cuda_device] == [(0, list(range(16)))]
+
+
+def test_checkpoint_with_four_cuda_states_resumes_where_one_gpu_is(one_cuda_device, tmp_path):
+    states = rng_states()
+    states['cuda'] = [torch.full((16,), i, dtype=torch.uint8) for i in range(4)]   # written before
+    atomic_save({'rng': states}, tmp_path / 'c.pt')
+    with pytest.warns(UserWarning, match=r'^the checkpoint holds the CUDA generator states of 4 devices, '
+                                         r'1 here: the states of devices 1\.\.3 were not restored$'):
+        set_rng_states(load_checkpoint(tmp_path / 'c.pt')['rng'])
+    assert [(i, s.tolist()) for i, s in one_cuda_device] == [(0, [0] * 16)]

@@ -3,6 +3,10 @@ does per step (no host-device copy or sync where none is needed), what --amp's b
 changes (counts and membrane state stay float32) and how checkpoints move between machines
 with other devices."""
 import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +14,8 @@ from spikingjelly.activation_based import functional, layer
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import deeprewire
+import syncbn_amp_launch
+from c10.model import StepwiseBatchNorm2d
 from deeprewire import DeepRewiring, bernoulli_positions
 from engine.augment import normalise
 from engine.checkpoint import atomic_save, load_checkpoint, rng_states, set_rng_states
@@ -17,6 +23,9 @@ from engine.metrics import FiringRateMonitor
 from engine.sops import SynapticOpsMonitor
 from gradrewire import GradRewiring
 from snn import lif
+
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 class AtenOps(TorchDispatchMode):
@@ -389,3 +398,35 @@ def test_checkpoint_with_four_cuda_states_resumes_where_one_gpu_is(one_cuda_devi
                                          r'1 here: the states of devices 1\.\.3 were not restored$'):
         set_rng_states(load_checkpoint(tmp_path / 'c.pt')['rng'])
     assert [(i, s.tolist()) for i, s in one_cuda_device] == [(0, [0] * 16)]
+
+
+# ---------------------------------------------------------------- engine.syncbn on every device
+
+SYNCING_OPS = {'aten._local_scalar_dense.default',     # a value read on the host (.item())
+               'aten.nonzero.default',                 # shapes that depend on values:
+               'aten.masked_select.default',           # the host waits for the device
+               'aten.index.Tensor'}                    # (boolean-mask indexing, as torch's)
+
+
+def test_sync_bn_is_sync_free_with_float32_statistics_of_bfloat16_input(tmp_path):
+    """Two gloo processes, each half of a bfloat16 batch, against StepwiseBatchNorm2d on the
+    float32 values of all of it: the path every device now takes has no operation that waits
+    for the device, and its statistics are float32 (computed in bfloat16 the running mean
+    was off by 9e-4 relative here)."""
+    env = {k: v for k, v in os.environ.items() if k not in ('WORLD_SIZE', 'RANK', 'LOCAL_RANK')}
+    done = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node',
+                           '2', str(REPO / 'tests' / 'syncbn_amp_launch.py'), str(tmp_path / 'out.pt')],
+                          cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    got = torch.load(tmp_path / 'out.pt', weights_only=True)
+    assert 'aten.var.correction' in got['ops'] and not SYNCING_OPS & set(got['ops'])
+    x, r = syncbn_amp_launch.inputs()
+    ref = StepwiseBatchNorm2d(x.shape[2], step_mode='m')
+    xs = x.float().requires_grad_(True)
+    y = ref(xs)
+    (y * r).sum().backward()
+    torch.testing.assert_close(got['running_mean'], ref.running_mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got['running_var'], ref.running_var, rtol=1e-5, atol=1e-6)
+    assert got['dtypes'] == ['torch.bfloat16'] * 2                          # as nn.BatchNorm2d's
+    for key, want in (('y', y.detach()), ('x_grad', xs.grad)):               # bfloat16 rounding
+        torch.testing.assert_close(got[key], want, rtol=2 ** -7, atol=2 ** -7, msg=key)

@@ -86,12 +86,12 @@ def test_normalise_makes_mean_and_std_once_and_keeps_the_bits(monkeypatch):
         monkeypatch.setattr(torch, name, lambda *a, _f=original, **k: made.append(a) or _f(*a, **k))
     outs = [normalise(images, mean, std) for _ in range(3)]
     assert len(made) == 2                                 # mean and std, for the first batch only
-    # (x / 255 - mean) / std: (0 - 0.25) / 0.5, (0.2 - 0.5) / 0.25, (1 - 0.75) / 0.125
     monkeypatch.undo()
-    x = images.to(torch.float32) / 255
+    x = images.to(torch.float32) / 255                    # the float operations of before
     want = (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
     for out in outs:
         assert out.dtype == torch.float32 and torch.equal(out, want)
+    # (x / 255 - mean) / std: (0 - 0.25) / 0.5, (0.2 - 0.5) / 0.25, (1 - 0.75) / 0.125
     torch.testing.assert_close(outs[0][0, :, 0, 0], torch.tensor([-0.5, -1.2, 2.0]))
 
 

@@ -7,7 +7,9 @@ and becomes dormant (w = 0) when its sign would flip. Hard mode then reactivates
 dormant synapses to keep the sparsity at most max_s; soft mode keeps a hidden strength that
 may return from below 0 (down to theta_min).
 """
+import hashlib
 import math
+import warnings
 
 import torch
 
@@ -33,18 +35,23 @@ class DeepRewiring(RewiringMixin, torch.optim.Adam):
             and never trained) or 'active' (Bellec et al.: set to sign * eps and trained).
         generator: torch.Generator for all random draws (used as given, not reseeded);
             default: a CPU generator owned by the optimizer, seeded with `seed`. Draws are made
-            on the generator's device and moved to the parameter's, so with a CPU generator a
-            CUDA run draws the same numbers as a CPU run.
+            on the generator's device and moved to the parameter's. The reactivation draws
+            depend on whether the two devices are the same (see Randomness below).
         seed: seed of the owned generator (ignored when `generator` is given).
         compiled: run the deterministic part of each step (hard steps 1-4, soft steps 1-4)
             as one `torch.compile`d kernel per tensor shape; the noise, the sparsity count and
             the reactivation stay eager. On the CPU the result equals the eager one bit for
             bit (tested).
 
-    Randomness, in order per step: for each group, for each tensor with a gradient, the noise
-    N(0, 1) of step 3 (shape of `w`, dtype of `w`; skipped when T == 0), then, in hard mode and
-    only when the sparsity c exceeds max_s, one uniform draw in [0, 1) per element of `w`
-    (float32); a dormant synapse is reactivated when its draw is < (c - max_s) / c.
+    Randomness, in order per step (docs/method.md, "Randomness"): for each group, for each
+    tensor with a gradient, the noise N(0, 1) of step 3 (shape of `w`, dtype of `w`; skipped
+    when T == 0), then, in hard mode and only when the sparsity c exceeds max_s, the
+    reactivation draws, each dormant synapse reactivated with probability p = (c - max_s) / c:
+    - generator on `w`'s device: one uniform draw in [0, 1) per element of `w` (float32); a
+      dormant synapse is reactivated when its draw is < p;
+    - generator on another device (a CPU generator with CUDA weights, as under torchrun):
+      :func:`bernoulli_positions` over the k dormant synapses in `w`'s flattened order, about
+      k * p draws instead of numel, and only the chosen positions are copied to `w`'s device.
 
     State per tensor `w` (created at its first step, tensors shaped like `w`):
         Adam's 'step', 'exp_avg', 'exp_avg_sq' (+ 'max_exp_avg_sq' with amsgrad);
@@ -52,7 +59,8 @@ class DeepRewiring(RewiringMixin, torch.optim.Adam):
         hard mode: 'numel' (int); soft mode: 'strength' (theta, starting at |w|) and, when
         l1 > 0 and max_s < 1, 'theta_min' = -(0.5 T^2 max_s) / (l1 (1 - max_s)) (float).
     `state_dict()` adds the key 'generator' (the generator's state, a uint8 tensor), which
-    `load_state_dict()` requires and restores, so a resumed run is bit-identical.
+    `load_state_dict()` requires and restores, so a resumed run is bit-identical (on a device
+    of the same kind; see `load_state_dict` for a state from another kind of generator).
 
     Raises:
         ValueError (construction, `add_param_group`): lr < 0, eps < 0, a beta outside [0, 1),
@@ -91,8 +99,16 @@ class DeepRewiring(RewiringMixin, torch.optim.Adam):
     def load_state_dict(self, state_dict):
         """Load a `state_dict()` of a DeepRewiring, restoring the generator's state too.
 
+        A state saved from a generator of another kind (docs/method.md, "Randomness": a CPU
+        generator's state is 5,056 bytes, a CUDA one's 16), e.g. a CPU run's checkpoint
+        resumed in a CUDA process, cannot be restored into this optimizer's generator. The
+        generator then stays where it is and is seeded instead with the first 8 bytes
+        (little-endian) of the SHA-256 of the saved state, with a warning: the resumed run
+        draws reproducibly, but not the numbers the saving run would have drawn next.
+
         Raises:
             ValueError: `state_dict` has no 'generator' entry (it could not resume bit-identically).
+            RuntimeError: the generator refuses a state of its own size (a damaged state).
         """
         state_dict = dict(state_dict)
         if "generator" not in state_dict:
@@ -100,7 +116,17 @@ class DeepRewiring(RewiringMixin, torch.optim.Adam):
                              f"got keys {sorted(state_dict)}")
         generator_state = state_dict.pop("generator")
         super().load_state_dict(state_dict)
-        self.generator.set_state(generator_state)
+        own_size = self.generator.get_state().numel()
+        if generator_state.numel() == own_size:
+            self.generator.set_state(generator_state)
+            return
+        seed = seed_from_state(generator_state)
+        self.generator.manual_seed(seed)
+        warnings.warn(f"Deep R: the saved generator state ({generator_state.numel()} bytes) is not one "
+                      f"of this run's {self.generator.device} generator ({own_size} bytes), saved on "
+                      f"another kind of device; the generator was seeded from it instead ({seed}), so "
+                      f"the draws after the resume differ from those of a run that stayed on one device",
+                      stacklevel=2)
 
     def _draw(self, sample, w, **kwargs):
         """`sample` (torch.randn / torch.rand) shaped like `w` from the generator, moved to w's device."""
@@ -141,15 +167,40 @@ class DeepRewiring(RewiringMixin, torch.optim.Adam):
         kernel(w, sign, active, state["exp_avg"], *args)              # steps 1-4
         nonzero = w != 0
         active.copy_(nonzero)                                     # 5. sparsity c
-        c = 1 - nonzero.sum().item() / state["numel"]
+        linked = nonzero.sum().item()
+        c = 1 - linked / state["numel"]
         if c > group["max_s"]:                                    # 6. reactivation
             p = (c - group["max_s"]) / c
-            revive = ~nonzero & (self._draw(torch.rand, w, dtype=torch.float32) < p)
+            revive = self._reactivated(~nonzero, state["numel"] - linked, p)
             if group["regrowth"] == "released":
                 w.masked_fill_(revive, group["eps"])
             else:
                 w.copy_(torch.where(revive, sign * group["eps"], w))
                 active.copy_(w != 0)
+
+    def _reactivated(self, dormant, k, p):
+        """Hard step 6's draws: which dormant synapses to reactivate, each with probability p.
+
+        Args:
+            dormant: bool tensor shaped like `w`, on `w`'s device, True where `w == 0`.
+            k: the number of True elements of `dormant` (an int, known on the host).
+            p: the probability, 0 < p <= 1.
+
+        Returns:
+            Bool tensor like `dormant`, True only where `dormant` is. With the generator on
+            `dormant`'s device, one float32 uniform draw per element, as docs/method.md
+            "Randomness" orders them. Otherwise :func:`bernoulli_positions` picks among the k
+            dormant synapses (in flattened order) on the generator's device, and only those
+            positions travel to `dormant`'s device (one small copy instead of numel draws).
+        """
+        if _same_device(self.generator.device, dormant.device):
+            return dormant & (self._draw(torch.rand, dormant, dtype=torch.float32) < p)
+        chosen = bernoulli_positions(k, p, self.generator).to(dormant.device)
+        flat = dormant.flatten()
+        hit = torch.zeros(k, dtype=torch.bool, device=dormant.device)
+        hit[chosen] = True                                   # by rank among the dormant
+        rank = flat.cumsum(0) - 1                            # rank of each dormant synapse
+        return (flat & hit[rank.clamp_(min=0)]).view_as(dormant)
 
     def _soft_step(self, w, state, group):
         """Steps 1-4 of docs/method.md, "Soft Deep R"."""
@@ -158,6 +209,65 @@ class DeepRewiring(RewiringMixin, torch.optim.Adam):
         if kernel is not deep_r_soft_update:
             theta_min = self.scalar(theta_min, w)
         kernel(w, state["sign"], state["active"], state["strength"], state["exp_avg"], *args, theta_min)
+
+
+def seed_from_state(state):
+    """A 64-bit seed from a generator state (uint8 tensor, any device): the first 8 bytes of
+    its SHA-256, little-endian (docs/method.md, "Randomness")."""
+    digest = hashlib.sha256(state.detach().cpu().contiguous().numpy().tobytes()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def _same_device(a, b):
+    """Whether devices `a` and `b` are one (a device without an index is the current one)."""
+    if a.type != b.type:
+        return False
+    if a.type == "cpu" or a.index == b.index:
+        return True
+    current = torch.cuda.current_device() if a.type == "cuda" else 0
+    return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+
+
+def bernoulli_positions(k, p, generator):
+    """The positions of the successes among k independent Bernoulli(p) trials, drawn as the
+    gaps between them (docs/method.md, "Randomness"): about k * p draws instead of k.
+
+    Each uniform draw u in [0, 1) (float64, from `generator`, on its device) gives a gap of
+    `floor(log1p(-u) / log1p(-p))` failures, geometric with P(gap >= g) = (1 - p)**g, so the
+    positions have exactly the law of k separate trials. The first success is at the first
+    gap, each next one at the previous position + gap + 1. The draws come in batches of
+    `int(k * p + 4 * sqrt(k * p) + 16)`, batch after batch until a position reaches k; the
+    positions from k on are dropped (with them the rest of the last batch).
+
+    Args:
+        k: the number of trials, an int >= 0.
+        p: the success probability, 0 < p <= 1. With p == 1 every position is returned and
+            nothing is drawn.
+        generator: a torch.Generator.
+
+    Returns:
+        int64 tensor [r] on the generator's device: the r success positions, ascending, in
+        [0, k).
+
+    Raises:
+        ValueError: p outside (0, 1] or k < 0.
+    """
+    check_arg("p (probability)", p, "0 < p <= 1", lambda v: 0 < v <= 1)
+    check_arg("k (trials)", k, "k >= 0", lambda v: v >= 0)
+    device = generator.device
+    if p == 1 or k == 0:
+        return torch.arange(k, device=device)
+    log_q = math.log1p(-p)
+    batch = int(k * p + 4 * math.sqrt(k * p) + 16)
+    found, start = [], 0                                      # start: position after the last success
+    while start < k:
+        u = torch.rand(batch, generator=generator, device=device, dtype=torch.float64)
+        gaps = torch.floor(torch.log1p(-u) / log_q)
+        positions = start + torch.cumsum(gaps + 1, 0) - 1
+        found.append(positions)
+        start = int(min(positions[-1].item(), k)) + 1       # min: a gap may be huge (inf)
+    positions = torch.cat(found)
+    return positions[positions < k].long()
 
 
 def deep_r_hard_update(w, sign, active, m, v_sqrt, step, bc2_sqrt, eps, l1_step, noise_scale, noise):

@@ -12,6 +12,7 @@ Adam direction moves the synapses; that common part lives here once:
   optimizer was made with `compiled=True` (one fused kernel instead of a dozen passes).
 """
 import inspect
+import math
 
 import torch
 
@@ -93,12 +94,26 @@ class RewiringMixin:
         return self._kernels[fn]
 
     def scalar(self, value, like):
-        """A per-step number for a kernel: a 0-dim tensor of `like`'s dtype and device when
-        compiled (a Python float would make torch.compile specialise on every new value),
-        else the float itself (eager ops cast it to `like`'s dtype alike)."""
+        """A per-step number for a kernel (docs/method.md, "Notation": step, eps, ...).
+
+        Args:
+            value: a Python float (units of whatever it measures, e.g. lr for `step`).
+            like: the tensor the kernel updates; only its dtype and device are used.
+
+        Returns:
+            `value` itself when not compiled (eager ops cast it to `like`'s dtype alike); when
+            compiled (a Python float would make torch.compile specialise on every new value)
+            a 0-dim tensor of `like`'s dtype on `like`'s device, holding `value` rounded to
+            that dtype as `torch.tensor(value, dtype=like.dtype)` rounds it (a finite value
+            beyond the dtype's range becomes +-inf or the largest finite value, as there).
+            It is filled on the device (`torch.full`), not copied from host memory, so a
+            CUDA step does not wait for a host-to-device copy per number.
+        """
         if not self.compiled:
             return value
-        return torch.tensor(value, dtype=like.dtype, device=like.device)
+        if math.isfinite(value) and abs(value) > torch.finfo(like.dtype).max:
+            value = torch.tensor(value, dtype=like.dtype).item()    # torch.full would refuse it
+        return torch.full((), value, dtype=like.dtype, device=like.device)
 
     def _init_rewiring(self, params, lr, betas, eps, weight_decay, amsgrad, **rewiring):
         adam = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)

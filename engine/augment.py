@@ -13,6 +13,7 @@ processes.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -138,15 +139,23 @@ def random_crop_flip(padding: int) -> Augmentation:
     return Augmentation(draws=3, apply=apply)
 
 
+@functools.lru_cache(maxsize=16)
+def _mean_std(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mean`` and ``std`` as float32 tensors [C, 1, 1] on ``device``, made once per
+    (mean, std, device) and kept: a CUDA run would otherwise copy them from host memory for
+    every training batch. The tensors are shared; nothing may write into them."""
+    return (torch.as_tensor(mean, dtype=torch.float32, device=device).view(-1, 1, 1),
+            torch.as_tensor(std, dtype=torch.float32, device=device).view(-1, 1, 1))
+
+
 def normalise(images: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
     """``ToTensor`` then ``Normalize(mean, std)`` on uint8 images [B, C, H, W]: float32
     ``(x / 255 - mean) / std`` with the same float operations, so the values equal the PIL
-    path's bit for bit. Float images are returned as they are (already network inputs)."""
+    path's bit for bit (``docs/method.md``, "Data and augmentation"). ``mean`` and ``std``
+    are tuples of C floats (or of one); their tensors are made once per device and reused.
+    Float images are returned as they are (already network inputs)."""
     if images.dtype != torch.uint8:
         return images
     x = images.to(torch.float32).div_(255)
-    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(-1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+    m, s = _mean_std(tuple(mean), tuple(std), x.device)
     return x.sub_(m).div_(s)
-
-

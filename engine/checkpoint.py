@@ -11,6 +11,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -19,25 +20,48 @@ import torch
 
 
 def rng_states() -> dict:
-    """Python, NumPy, torch (and CUDA) generator states, storable with weights_only."""
+    """Python, NumPy and torch generator states and, where CUDA is, the state of the current
+    CUDA device's generator (the run's device: ``engine.run`` makes it current), under
+    ``'cuda'`` (a uint8 tensor); storable with weights_only.
+
+    Only the run's own device is saved: a state per visible GPU would not resume where fewer
+    GPUs are visible (and reading them starts a CUDA context on every GPU).
+    """
     np_state = np.random.get_state()
     states = {'python': [list(s) if isinstance(s, tuple) else s for s in random.getstate()],
               'numpy': [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
               'torch': torch.get_rng_state()}
     if torch.cuda.is_available():
-        states['cuda'] = torch.cuda.get_rng_state_all()
+        states['cuda'] = torch.cuda.get_rng_state()
     return states
 
 
 def set_rng_states(states: dict) -> None:
-    """Restore the generator states saved by :func:`rng_states` (CUDA's only where CUDA is)."""
+    """Restore the generator states saved by :func:`rng_states` (CUDA's only where CUDA is).
+
+    ``states['cuda']`` is one state, restored into the current CUDA device's generator, or,
+    in checkpoints written before, a list of one state per device the saving process saw:
+    device i then gets state i for the devices present here, and the states of devices not
+    present are skipped with a warning that names them.
+    """
     py = states['python']
     random.setstate((py[0], tuple(py[1]), py[2]))
     np_state = states['numpy']
     np.random.set_state((np_state[0], np_state[1].numpy(), *np_state[2:]))
     torch.set_rng_state(states['torch'])
-    if 'cuda' in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states['cuda'])
+    if 'cuda' not in states or not torch.cuda.is_available():
+        return
+    saved = states['cuda']
+    if isinstance(saved, torch.Tensor):
+        torch.cuda.set_rng_state(saved)
+        return
+    present = torch.cuda.device_count()
+    for device, state in enumerate(saved[:present]):
+        torch.cuda.set_rng_state(state, device)
+    if len(saved) > present:
+        warnings.warn(f'the checkpoint holds the CUDA generator states of {len(saved)} devices, '
+                      f'{present} here: the states of devices {present}..{len(saved) - 1} were not '
+                      f'restored', stacklevel=2)
 
 
 def seed_everything(seed: int) -> None:

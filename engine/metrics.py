@@ -65,9 +65,12 @@ class FiringRateMonitor:
     """Counts spikes of every LIF layer on the device during an evaluation pass.
 
     Forward hooks on each ``spikingjelly`` spiking neuron module (multi-step mode, output
-    [T, N, *shape]) accumulate per-neuron spike counts over the evaluation pass; nothing is
-    copied to the host until :meth:`results`. Use as a context manager around the
-    evaluation loop.
+    [T, N, *shape]) accumulate per-neuron spike counts over the evaluation pass, in float32
+    whatever the spikes' dtype (exact up to 2**24 spikes per neuron); nothing is copied to
+    the host until :meth:`results`. Use as a context manager around the evaluation loop.
+
+    Raises:
+        RuntimeError (during the forward pass): a layer's output is not [T, N, ...].
     """
 
     def __init__(self, model: nn.Module):
@@ -79,7 +82,9 @@ class FiringRateMonitor:
         def hook(module, inputs, out):
             if out.dim() < 3:
                 raise RuntimeError(f'{name}: FiringRateMonitor needs multi-step mode, output [T, N, ...]')
-            spikes = out.detach().sum((0, 1))                   # [*shape] spike counts
+            # [*shape] spike counts, summed in float32: under --amp the spikes are bfloat16,
+            # which holds integers exactly only up to 256 (7997 spikes would become 8000)
+            spikes = out.detach().sum((0, 1), dtype=torch.float32)
             if name not in self.spikes:
                 self.spikes[name] = torch.zeros(spikes.shape, device=out.device)
             self.spikes[name] += spikes

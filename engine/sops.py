@@ -64,7 +64,9 @@ class SynapticOpsMonitor:
     The linked masks are taken when counting starts (the weights must not change until it
     stops). Images are counted at the first synapse layer (its input's batch size), so the
     monitor works whatever loop feeds the model, multi-step or step by step. Sums stay on the
-    device in float64 until :meth:`results`.
+    device in float64 until :meth:`results`. The counting runs outside any autocast (in
+    float32 and float64, exact for integers up to 2**24 per convolution output), so the counts
+    are exact under ``--amp`` too.
 
     Use as a context manager (``with SynapticOpsMonitor(model) as ops: ...``) or with
     :meth:`start` and :meth:`stop`.
@@ -101,15 +103,19 @@ class SynapticOpsMonitor:
 
         def hook(mod, inputs, out):
             x = inputs[0].detach()
-            if isinstance(mod, nn.Linear):
-                per_input = x.reshape(-1, x.shape[-1]).sum(0).double()   # spikes per input
-                self.sops[name] += per_input @ kept
-                self.dense_sops[name] += per_input @ dense
-                return
-            x = x.reshape(-1, *x.shape[-3:]).to(kept.dtype)             # [T*N, C, H, W]
-            for total, kernel in ((self.sops, kept), (self.dense_sops, dense)):
-                reach = F.conv2d(x, kernel, None, mod.stride, mod.padding, mod.dilation, mod.groups)
-                total[name] += reach.double().sum()
+            # The counts are exact integers only in float32/float64: under --amp the hook
+            # runs inside the evaluation's bfloat16 autocast (spikes bfloat16, convolutions
+            # cast to it), which holds integers exactly only up to 256.
+            with torch.autocast(x.device.type, enabled=False):
+                if isinstance(mod, nn.Linear):
+                    per_input = x.reshape(-1, x.shape[-1]).sum(0, dtype=torch.float64)  # spikes per input
+                    self.sops[name] += per_input @ kept
+                    self.dense_sops[name] += per_input @ dense
+                    return
+                x = x.reshape(-1, *x.shape[-3:]).to(kept.dtype)         # [T*N, C, H, W], float32
+                for total, kernel in ((self.sops, kept), (self.dense_sops, dense)):
+                    reach = F.conv2d(x, kernel, None, mod.stride, mod.padding, mod.dilation, mod.groups)
+                    total[name] += reach.double().sum()
         return hook
 
     def _first_hook(self, module: nn.Module):

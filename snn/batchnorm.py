@@ -15,7 +15,6 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from spikingjelly.activation_based import base, layer
-from torch.nn.modules._functions import SyncBatchNorm as _TorchSyncBatchNorm
 
 
 class StepwiseBatchNorm2d(layer.BatchNorm2d):
@@ -89,12 +88,14 @@ class StepwiseSyncBatchNorm2d(nn.BatchNorm2d, base.StepModule):
     order, with the unbiased variance of the global count. Single-step input [N, C, H, W] is
     one such call. In evaluation the running statistics are used, with no communication.
 
-    On CUDA each step is torch's own synchronised batch norm (the autograd function that
-    ``torch.nn.SyncBatchNorm.forward`` calls, NCCL). On other devices, where that function
-    does not run, each rank's per-channel (count, mean, biased variance) are all-gathered and
-    combined (the parallel variance formula), differentiably. Without a process group of more
-    than one rank it is an ordinary BatchNorm2d. It is not an ``nn.SyncBatchNorm`` subclass,
-    which DistributedDataParallel refuses on the CPU.
+    On every device each rank's per-channel (count, mean, biased variance) are all-gathered
+    and combined (the parallel variance formula), differentiably, with no host sync. (Torch's
+    own synchronised batch norm, the autograd function behind ``torch.nn.SyncBatchNorm``,
+    drops empty ranks' statistics with a boolean mask, a host sync on each of the ~41 calls
+    of a CIFAR-10 step and a data-dependent shape for ``torch.compile``; it does not run on
+    the CPU either.) Without a process group of more than one rank it is an ordinary
+    BatchNorm2d. It is not an ``nn.SyncBatchNorm`` subclass, which DistributedDataParallel
+    refuses on the CPU.
 
     Parameters, buffers and state-dict keys are those of ``torch.nn.BatchNorm2d``.
 
@@ -149,16 +150,20 @@ class StepwiseSyncBatchNorm2d(nn.BatchNorm2d, base.StepModule):
         if self.track_running_stats:
             self.num_batches_tracked.add_(1)
             factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-        if x.device.type == 'cuda':
-            running = (self.running_mean, self.running_var) if self.track_running_stats else (None, None)
-            return _TorchSyncBatchNorm.apply(x, self.weight, self.bias, *running, self.eps, factor,
-                                             group, dist.get_world_size(group))
         return self._portable_step(x, factor, group)
 
     def _portable_step(self, x: torch.Tensor, factor: float, group) -> torch.Tensor:
-        """One synchronised training call on a device without torch's kernels (the CPU)."""
+        """One synchronised training call of :meth:`_step` on ``x`` [N, C, H, W], on any
+        device: all-gather of each rank's per-channel statistics, no host sync.
+
+        The statistics and the normalisation are computed in float32 for a bfloat16 or half
+        ``x`` (under ``--amp``), as torch's batch-norm kernels accumulate; the output has
+        ``x``'s dtype, as ``nn.BatchNorm2d``'s. For float32 input nothing is converted.
+        ``factor`` is the running statistics' momentum for this call."""
         c = self.num_features
         dims = [0, *range(2, x.dim())]
+        out_dtype = x.dtype
+        x = x.to(torch.promote_types(x.dtype, torch.float32))
         local = torch.cat([x.mean(dims), x.var(dims, unbiased=False),
                            x.new_full((1,), x.numel() // c)])
         rows = _GatherStats.apply(local, group)                        # [K, 2C + 1]
@@ -174,7 +179,7 @@ class StepwiseSyncBatchNorm2d(nn.BatchNorm2d, base.StepModule):
         y = (x - mean.view(shape)) * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y
+        return y.to(out_dtype)
 
 
 def convert_sync_batchnorm(model: nn.Module) -> nn.Module:

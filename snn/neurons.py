@@ -25,6 +25,21 @@ class UnbindLIFNode(neuron.LIFNode):
     fused loop unchanged.
     """
 
+    def v_float_to_tensor(self, x: torch.Tensor):
+        """Make the membrane potential, a float after a reset, a tensor like ``x`` [N, *],
+        in float32 (float64 for float64 input), whatever ``x``'s dtype.
+
+        Under ``--amp`` the input currents are bfloat16. The parent makes ``v`` in ``x``'s
+        dtype: its eager TorchScript charge then promotes ``v`` to float32, while
+        ``torch.compile`` keeps it in bfloat16, so the state and the spikes depended on
+        ``--compile``. A float32 ``v`` from the start makes both paths charge, fire and
+        reset in float32 (the currents promoted), as without ``--amp``. For float32 input
+        nothing changes.
+        """
+        if isinstance(self.v, float):
+            dtype = torch.promote_types(x.dtype, torch.float32)
+            self.v = torch.full_like(x.detach(), self.v, dtype=dtype)
+
     def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         """Spikes [T, N, *] (0/1) for the input currents ``x_seq`` [T, N, *], step by step."""
         if not self.training or self.backend != 'torch':

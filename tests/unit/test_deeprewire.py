@@ -10,6 +10,7 @@ synapses with the L1 pull alone, and max_s = 0 makes the reactivation probabilit
 import pytest
 import torch
 
+import deeprewire
 from deeprewire import DeepRewiring
 from helpers import assert_matches_adam, f64, param, run_and_resume, step_with
 
@@ -204,9 +205,13 @@ def test_seeded_generator_reproducibility():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_run_draws_the_same_numbers_as_cpu_run():
+def test_cuda_run_with_cpu_generator_draws_as_cpu_run_with_sparse_draws(monkeypatch):
+    # docs/method.md, "Randomness": a CPU generator with CUDA weights draws the reactivations
+    # as gaps; a CPU run made to take that path draws the same numbers (the noise as well).
     runs = []
-    for device in ("cpu", "cuda"):
+    for device in ("cuda", "cpu"):
+        if device == "cpu":
+            monkeypatch.setattr(deeprewire, "_same_device", lambda a, b: False)
         data = torch.Generator().manual_seed(8)
         w = torch.nn.Parameter(torch.randn(200, generator=data, **f64).to(device))
         opt = DeepRewiring([w], lr=0.05, T=0.1, l1=0.01, max_s=0.1, seed=3)
@@ -214,6 +219,7 @@ def test_cuda_run_draws_the_same_numbers_as_cpu_run():
             w.grad = torch.randn(200, generator=data, **f64).to(device)
             opt.step()
         runs.append(w.detach().cpu())
+    assert (runs[1] == 1e-8).any()  # reactivated on the last step (+eps): the gaps were drawn
     assert torch.equal(runs[0] != 0, runs[1] != 0)
     torch.testing.assert_close(runs[0], runs[1], rtol=1e-12, atol=1e-12)
 

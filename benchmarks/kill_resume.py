@@ -40,13 +40,17 @@ FLAGS = ['-m', 'grad', '-s', '0.95', '--train-size', '1024', '--test-size', '256
 NAME = 'lr-1e-3-b-64-T-8-penalty-1e-3-s-0.95-grad-train-1024-test-256'
 
 
-def start(dump: Path, save_pause: float, flags=FLAGS) -> subprocess.Popen:
-    """Start the training command on ``dump``; its stdout/stderr go to files in ``dump``."""
+def start(dump: Path, save_pause: float, flags=FLAGS, step_pause: int | None = None) -> subprocess.Popen:
+    """Start the training command on ``dump``; its stdout/stderr go to files in ``dump``.
+    ``step_pause``: the run stops for a minute before that training step and says so on
+    stderr (``GRADREWIRE_TEST_STEP_PAUSE``)."""
     dump.mkdir(parents=True, exist_ok=True)
     # One thread: a BLAS that picks its thread count by the machine's load sums in another
     # order, and runs must be bit-identical to be compared.
     env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'GRADREWIRE_TEST_SAVE_PAUSE': str(save_pause),
            'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
+    if step_pause is not None:
+        env['GRADREWIRE_TEST_STEP_PAUSE'] = f'{step_pause}:60'
     out = open(dump / 'stdout.txt', 'w')
     err = open(dump / 'stderr.txt', 'a')
     proc = subprocess.Popen([sys.executable, str(MNIST), *flags, '--dump-dir', str(dump)],
@@ -79,7 +83,8 @@ def landing(dump: Path, since: float = 0.0) -> str:
 
 def kill_once(dump: Path, moment: tuple, save_pause: float, flags=FLAGS) -> str | None:
     """Start the run and SIGKILL it at ``moment``: ``('start', seconds)`` after the start,
-    ``('time', seconds)`` after training began (the run's first line), or ``('save',
+    ``('time', seconds)`` after training began (the run's first line), ``('step', k)``
+    before training step k (global count; the run pauses there and says so), or ``('save',
     fraction)`` of the save pause after a save began. Returns where the kill
     landed, or None when the run finished first (rc 0 is required then).
 
@@ -87,11 +92,14 @@ def kill_once(dump: Path, moment: tuple, save_pause: float, flags=FLAGS) -> str 
         RuntimeError: the run ended with another status than 0.
     """
     since = time.time()
-    proc = start(dump, save_pause, flags)
-    t0 = time.monotonic()
     kind, value = moment
+    stderr_before = len((dump / 'stderr.txt').read_text()) if (dump / 'stderr.txt').exists() else 0
+    proc = start(dump, save_pause, flags, step_pause=value if kind == 'step' else None)
+    t0 = time.monotonic()
     while proc.poll() is None:
         if kind == 'start' and time.monotonic() - t0 >= value:
+            break
+        if kind == 'step' and f'paused at step {value}' in (dump / 'stderr.txt').read_text()[stderr_before:]:
             break
         if kind == 'time' and landing(dump, since) != 'startup':
             kind, t0 = 'train', time.monotonic()

@@ -1,6 +1,8 @@
 """The training step loop of one epoch (``docs/method.md``, "Loss and prediction")."""
 from __future__ import annotations
 
+import os
+import sys
 import time
 from typing import Callable, Iterable
 
@@ -11,6 +13,20 @@ from spikingjelly.activation_based import functional
 from tqdm import tqdm
 
 from engine import safety
+
+STEP_PAUSE_ENV = 'GRADREWIRE_TEST_STEP_PAUSE'
+"""Test-only: ``STEP:SECONDS``: before training step STEP (global count), print ``paused at step
+STEP`` on stderr and sleep SECONDS, so that a fault-injection test can kill a run inside a
+training step chosen by what the run is doing rather than by the clock
+(``benchmarks/kill_resume.py``)."""
+
+
+def _step_pause() -> tuple[int, float] | None:
+    spec = os.environ.get(STEP_PAUSE_ENV)
+    if not spec:
+        return None
+    step, seconds = spec.split(':')
+    return int(step), float(seconds)
 
 
 def train_epoch(model: nn.Module, optimizers: dict, batches: Iterable, num_classes: int,
@@ -43,8 +59,12 @@ def train_epoch(model: nn.Module, optimizers: dict, batches: Iterable, num_class
     device = next(model.parameters()).device
     t0 = time.perf_counter()
     bar = tqdm(batches, desc=desc, leave=False, disable=None)
+    pause = _step_pause()
     for img, label in bar:
         safety.poll_interrupted()
+        if pause is not None and step == pause[0]:
+            print(f'paused at step {step}', file=sys.stderr, flush=True)
+            time.sleep(pause[1])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             rate = forward(img)
             loss = F.mse_loss(rate.float(), F.one_hot(label, num_classes).float())

@@ -537,13 +537,13 @@ def test_a_worker_killed_on_its_own_stops_the_run_with_status_1(tmp_path):
 
 
 def test_sigkill_at_fixed_moments_resumes_to_the_same_result(tmp_path, monkeypatch):
-    """Three SIGKILLs (0.2 s into training, inside epoch 0's save, 2.5 s into the training of
-    the resumed run) of the benchmark's run, then a run to the end: equal to an
-    uninterrupted run. (The last kill may come after the run's end on a fast machine.)"""
+    """Three SIGKILLs of the benchmark's run, each placed by what the run is doing, not by the
+    clock: inside training step 3, inside epoch 0's save, inside step 40 of the resumed run
+    (epoch 2: 16 steps an epoch); then a run to the end: equal to an uninterrupted run."""
     flags = [*kill_resume.FLAGS]
     flags[flags.index('-N') + 1] = '2'
     kill_resume.run_to_end(tmp_path / 'reference', 0.0, flags)
-    moments = [('time', 0.2), ('save', 0.5), ('time', 2.5)]
+    moments = [('step', 3), ('save', 0.5), ('step', 40)]
     landed = kill_resume.interrupted_run(tmp_path / 'killed', moments, 0.5, flags)
-    assert landed[:2] == ['training', 'save']
+    assert landed == ['training', 'save', 'training']
     assert kill_resume.same_result(tmp_path / 'reference', tmp_path / 'killed')

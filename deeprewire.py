@@ -97,14 +97,9 @@ class DeepRewiring(RewiringMixin, torch.optim.Adam):
         return state_dict
 
     def load_state_dict(self, state_dict):
-        """Load a `state_dict()` of a DeepRewiring, restoring the generator's state too.
-
-        A state saved from a generator of another kind (docs/method.md, "Randomness": a CPU
-        generator's state is 5,056 bytes, a CUDA one's 16), e.g. a CPU run's checkpoint
-        resumed in a CUDA process, cannot be restored into this optimizer's generator. The
-        generator then stays where it is and is seeded instead with the first 8 bytes
-        (little-endian) of the SHA-256 of the saved state, with a warning: the resumed run
-        draws reproducibly, but not the numbers the saving run would have drawn next.
+        """Load a `state_dict()` of a DeepRewiring, restoring the generator's state too
+        (:func:`restore_generator`: a state saved on another kind of device seeds it instead,
+        with a warning).
 
         Raises:
             ValueError: `state_dict` has no 'generator' entry (it could not resume bit-identically).
@@ -116,22 +111,7 @@ class DeepRewiring(RewiringMixin, torch.optim.Adam):
                              f"got keys {sorted(state_dict)}")
         generator_state = state_dict.pop("generator")
         super().load_state_dict(state_dict)
-        own_size = self.generator.get_state().numel()
-        if generator_state.numel() == own_size:
-            self.generator.set_state(generator_state)
-            return
-        seed = seed_from_state(generator_state)
-        self.generator.manual_seed(seed)
-        warnings.warn(f"Deep R: the saved generator state ({generator_state.numel()} bytes) is not one "
-                      f"of this run's {self.generator.device} generator ({own_size} bytes), saved on "
-                      f"another kind of device; the generator was seeded from it instead ({seed}), so "
-                      f"the draws after the resume differ from those of a run that stayed on one device",
-                      stacklevel=2)
-
-    def _draw(self, sample, w, **kwargs):
-        """`sample` (torch.randn / torch.rand) shaped like `w` from the generator, moved to w's device."""
-        return sample(w.shape, generator=self.generator, device=self.generator.device,
-                      **kwargs).to(w.device)
+        restore_generator(self.generator, generator_state)
 
     def _update(self, w, state, group):
         """Create the state of `w` on its first step (see the class docstring), then step it."""
@@ -154,7 +134,8 @@ class DeepRewiring(RewiringMixin, torch.optim.Adam):
         arguments after the state tensors: (sqrt(v), step, sqrt(1 - b2**t), eps, -step * l1,
         T * sqrt(step), noise or None)."""
         step, bc2_sqrt, v_sqrt = adam_moments(w, state, group)
-        noise = self._draw(torch.randn, w, dtype=w.dtype) if group["T"] != 0 else None
+        noise = (torch.randn(w.shape, generator=self.generator, device=self.generator.device, dtype=w.dtype)
+                 .to(w.device) if group["T"] != 0 else None)      # on the generator's device, then w's
         numbers = (step, bc2_sqrt, group["eps"], -step * group["l1"], group["T"] * math.sqrt(step))
         if noise is not None:
             return fn, (v_sqrt, *numbers, noise)
@@ -171,36 +152,12 @@ class DeepRewiring(RewiringMixin, torch.optim.Adam):
         c = 1 - linked / state["numel"]
         if c > group["max_s"]:                                    # 6. reactivation
             p = (c - group["max_s"]) / c
-            revive = self._reactivated(~nonzero, state["numel"] - linked, p)
+            revive = reactivated(self.generator, ~nonzero, state["numel"] - linked, p)
             if group["regrowth"] == "released":
                 w.masked_fill_(revive, group["eps"])
             else:
                 w.copy_(torch.where(revive, sign * group["eps"], w))
                 active.copy_(w != 0)
-
-    def _reactivated(self, dormant, k, p):
-        """Hard step 6's draws: which dormant synapses to reactivate, each with probability p.
-
-        Args:
-            dormant: bool tensor shaped like `w`, on `w`'s device, True where `w == 0`.
-            k: the number of True elements of `dormant` (an int, known on the host).
-            p: the probability, 0 < p <= 1.
-
-        Returns:
-            Bool tensor like `dormant`, True only where `dormant` is. With the generator on
-            `dormant`'s device, one float32 uniform draw per element, as docs/method.md
-            "Randomness" orders them. Otherwise :func:`bernoulli_positions` picks among the k
-            dormant synapses (in flattened order) on the generator's device, and only those
-            positions travel to `dormant`'s device (one small copy instead of numel draws).
-        """
-        if _same_device(self.generator.device, dormant.device):
-            return dormant & (self._draw(torch.rand, dormant, dtype=torch.float32) < p)
-        chosen = bernoulli_positions(k, p, self.generator).to(dormant.device)
-        flat = dormant.flatten()
-        hit = torch.zeros(k, dtype=torch.bool, device=dormant.device)
-        hit[chosen] = True                                   # by rank among the dormant
-        rank = flat.cumsum(0) - 1                            # rank of each dormant synapse
-        return (flat & hit[rank.clamp_(min=0)]).view_as(dormant)
 
     def _soft_step(self, w, state, group):
         """Steps 1-4 of docs/method.md, "Soft Deep R"."""
@@ -209,6 +166,59 @@ class DeepRewiring(RewiringMixin, torch.optim.Adam):
         if kernel is not deep_r_soft_update:
             theta_min = self.scalar(theta_min, w)
         kernel(w, state["sign"], state["active"], state["strength"], state["exp_avg"], *args, theta_min)
+
+
+def restore_generator(generator, state):
+    """Restore `generator` (a torch.Generator) from `state` (a uint8 tensor of
+    `Generator.get_state()`).
+
+    A state saved from a generator of another kind (docs/method.md, "Randomness": a CPU
+    generator's state is 5,056 bytes, a CUDA one's 16), e.g. a CPU run's checkpoint resumed in
+    a CUDA process, cannot be restored. The generator then stays where it is and is seeded
+    instead with :func:`seed_from_state`, with a warning: the resumed run draws reproducibly,
+    but not the numbers the saving run would have drawn next.
+
+    Raises:
+        RuntimeError: the generator refuses a state of its own size (a damaged state).
+    """
+    own_size = generator.get_state().numel()
+    if state.numel() == own_size:
+        generator.set_state(state)
+        return
+    seed = seed_from_state(state)
+    generator.manual_seed(seed)
+    warnings.warn(f"Deep R: the saved generator state ({state.numel()} bytes) is not one "
+                  f"of this run's {generator.device} generator ({own_size} bytes), saved on "
+                  f"another kind of device; the generator was seeded from it instead ({seed}), so "
+                  f"the draws after the resume differ from those of a run that stayed on one device",
+                  stacklevel=3)
+
+
+def reactivated(generator, dormant, k, p):
+    """Hard Deep R step 6's draws: which dormant synapses to reactivate, each with probability p.
+
+    Args:
+        generator: the optimizer's torch.Generator.
+        dormant: bool tensor shaped like `w`, on `w`'s device, True where `w == 0`.
+        k: the number of True elements of `dormant` (an int, known on the host).
+        p: the probability, 0 < p <= 1.
+
+    Returns:
+        Bool tensor like `dormant`, True only where `dormant` is. With the generator on
+        `dormant`'s device, one float32 uniform draw per element, as docs/method.md
+        "Randomness" orders them. Otherwise :func:`bernoulli_positions` picks among the k
+        dormant synapses (in flattened order) on the generator's device, and only those
+        positions travel to `dormant`'s device (one small copy instead of numel draws).
+    """
+    if _same_device(generator.device, dormant.device):
+        draws = torch.rand(dormant.shape, generator=generator, device=generator.device, dtype=torch.float32)
+        return dormant & (draws.to(dormant.device) < p)
+    chosen = bernoulli_positions(k, p, generator).to(dormant.device)
+    flat = dormant.flatten()
+    hit = torch.zeros(k, dtype=torch.bool, device=dormant.device)
+    hit[chosen] = True                                   # by rank among the dormant
+    rank = flat.cumsum(0) - 1                            # rank of each dormant synapse
+    return (flat & hit[rank.clamp_(min=0)]).view_as(dormant)
 
 
 def seed_from_state(state):

@@ -41,14 +41,13 @@ warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated',
 # CUDA runtime is found: true, and nothing to act on.
 logging.getLogger('torch.utils.cpp_extension').setLevel(logging.ERROR)
 
-from engine import distributed, methods, safety  # noqa: E402
+from engine import distributed, methods, persist, safety  # noqa: E402
 from engine.checkpoint import (CheckpointError, SaveError, atomic_copy, atomic_save,  # noqa: E402
                                load_checkpoint, read_checkpoint)
 from engine.cli import DEFAULT_SEED, Experiment, build_parser, check_writable_dir, resolve, run_name  # noqa: E402
 from engine.config import REPO_ROOT, RunConfig  # noqa: E402
 from engine.errors import UsageError  # noqa: E402
 from engine.metrics import LINK_THRESHOLD, evaluate, sparsity_report  # noqa: E402
-from engine.persist import RunFiles  # noqa: E402
 from engine.run import Run  # noqa: E402
 
 
@@ -83,15 +82,15 @@ def main(exp: Experiment, argv: Sequence[str] | None = None, datasets=None) -> i
         torch.set_num_threads(config.threads)
         data = (lambda: datasets) if datasets is not None else (lambda: exp.load_datasets(config))
         if config.test:
-            RunFiles(config).check_test_source()
+            persist.check_test_source(config)
             Run(exp, config, data()).test()
             return 0
-        RunFiles(config).check_unlocked()
+        persist.check_unlocked(config)
         with safety.interrupts_raise():
             try:
                 try:
                     run = Run(exp, config, data())
-                    with run.files.locked():
+                    with persist.locked(config):
                         run.train()
                     return 0
                 except RuntimeError as err:

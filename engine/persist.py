@@ -21,7 +21,7 @@ from engine.runinfo import write_run_info
 
 
 class RunFiles:
-    """Saving, resuming and locking one run; its logs' files.
+    """Saving and resuming one run; its logs' files. (Its lock: :func:`locked`.)
 
     Attributes:
         checkpoint, prev: ``checkpoint.pt`` and ``checkpoint-prev.pt``.
@@ -41,53 +41,6 @@ class RunFiles:
     def numbered(self, epoch: int) -> Path | None:
         """``checkpoint-<epoch>.pt`` for the epochs that keep one (every ``-i1``), else None."""
         return self.model_dir / f'checkpoint-{epoch}.pt' if epoch % self.config.i1 == 0 else None
-
-    # ---------------------------------------------------------------- before training
-
-    def check_test_source(self) -> None:
-        """``-test`` needs a checkpoint of the run (or ``--resume-from``).
-
-        Raises:
-            UsageError: there is none.
-        """
-        if self.config.resume_from is None and not (self.checkpoint.exists() or self.prev.exists()):
-            raise UsageError(f'-test: no checkpoint of run {self.config.name} under '
-                             f'{self.config.dump_dir / "models"}; train it first (same flags without -test)')
-
-    def check_unlocked(self) -> None:
-        """Before any data is loaded: stop (every rank) when another process holds the run's
-        lock; rank 0 checks, creating nothing.
-
-        Raises:
-            UsageError: the run is locked (``engine.safety.RunLocked`` on rank 0).
-        """
-        error = None
-        if self.config.is_main:
-            try:
-                safety.RunLock(self.model_dir).check_free()
-            except safety.RunLocked as err:
-                error = err
-        distributed.agree(error)
-
-    @contextlib.contextmanager
-    def locked(self):
-        """Hold the run's lock (rank 0) for the block; every rank stops when it cannot be had.
-
-        Raises:
-            UsageError: as :meth:`check_unlocked`.
-        """
-        lock, error = (safety.RunLock(self.model_dir) if self.config.is_main else None), None
-        try:
-            if lock is not None:
-                lock.acquire()
-        except safety.RunLocked as err:
-            lock, error = None, err
-        distributed.agree(error)
-        try:
-            yield
-        finally:
-            if lock is not None:
-                lock.release()
 
     def start_logs(self, model, epoch: int) -> list[dict]:
         """On rank 0: make the log folder, write ``run.json`` for ``model`` and cut
@@ -212,3 +165,52 @@ class RunFiles:
             SaveError: the write failed.
         """
         ckpt_io.append_metrics(self.metrics, record)
+
+
+def check_test_source(config: RunConfig) -> None:
+    """``-test`` needs a checkpoint of the run (or ``--resume-from``).
+
+    Raises:
+        UsageError: there is none.
+    """
+    models = config.model_dir
+    if config.resume_from is None and not ((models / 'checkpoint.pt').exists() or (models / 'checkpoint-prev.pt').exists()):
+        raise UsageError(f'-test: no checkpoint of run {config.name} under '
+                         f'{config.dump_dir / "models"}; train it first (same flags without -test)')
+
+
+def check_unlocked(config: RunConfig) -> None:
+    """Before any data is loaded: stop (every rank) when another process holds the run's lock;
+    rank 0 checks, creating nothing.
+
+    Raises:
+        UsageError: the run is locked (``engine.safety.RunLocked`` on rank 0).
+    """
+    error = None
+    if config.is_main:
+        try:
+            safety.RunLock(config.model_dir).check_free()
+        except safety.RunLocked as err:
+            error = err
+    distributed.agree(error)
+
+
+@contextlib.contextmanager
+def locked(config: RunConfig):
+    """Hold the run's lock (rank 0) for the block; every rank stops when it cannot be had.
+
+    Raises:
+        UsageError: as :func:`check_unlocked`.
+    """
+    lock, error = (safety.RunLock(config.model_dir) if config.is_main else None), None
+    try:
+        if lock is not None:
+            lock.acquire()
+    except safety.RunLocked as err:
+        lock, error = None, err
+    distributed.agree(error)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()

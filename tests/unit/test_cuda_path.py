@@ -392,3 +392,26 @@ def test_checkpoint_with_four_cuda_states_resumes_where_one_gpu_is(one_cuda_devi
                                          r'1 here: the states of devices 1\.\.3 were not restored$'):
         set_rng_states(load_checkpoint(tmp_path / 'c.pt')['rng'])
     assert [(i, s.tolist()) for i, s in one_cuda_device] == [(0, [0] * 16)]
+
+
+# ---------------------------------------------------------------- the rank's device, chosen before any check
+
+def test_each_rank_checks_amp_on_its_own_gpu_not_on_gpu_0(monkeypatch, tmp_path):
+    """Under torchrun every check that touches CUDA (here --amp's bfloat16 query) runs on
+    cuda:LOCAL_RANK, chosen first, so that no rank opens a context on GPU 0."""
+    import contextlib
+
+    import engine
+    from engine.distributed import Ranks
+    from mnist import mnist
+    entered = []
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    monkeypatch.setattr(torch.cuda, 'device', lambda d: contextlib.nullcontext(entered.append(torch.device(d))))
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda: True)
+    args = engine.build_parser(mnist.EXPERIMENT).parse_args(
+        ['-m', 'grad', '-s', '0.95', '-b', '8', '--amp', '--no-compile', '--dump-dir', str(tmp_path)])
+    ranks = Ranks(world_size=2, rank=1, local_rank=1, local_world_size=2, active=True)
+    config = engine.resolve(mnist.EXPERIMENT, args, ranks)
+    assert config.device == torch.device('cuda', 1) and entered == [torch.device('cuda', 1)]
+    assert (config.rank, config.world_size, config.distributed) == (1, 2, True)

@@ -126,7 +126,7 @@ def main(exp: Experiment, argv: Sequence[str] | None = None, datasets=None) -> i
             return 1
         return _stopped(exp, run, f'stopped: {what}', command, 1, any_rank=True, ranks=ranks)
     finally:
-        distributed.close()
+        distributed.close(ranks)
 
 
 def _stopped(exp: Experiment, run, what: str, command: list, status: int, any_rank: bool = False,

@@ -92,7 +92,7 @@ def find_damaged(folder: Path, expected: Iterable[Expected],
         path = folder / spec.name
         try:
             st = path.stat()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):     # not there (or its folder is a file)
             continue
         record = [st.st_size, st.st_mtime_ns, spec.md5]
         if old.get(spec.name) != record and not matches(path, spec.md5):

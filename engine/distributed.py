@@ -104,14 +104,15 @@ def start(ranks: Ranks, device: torch.device) -> None:
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
 
 
-def close() -> None:
-    """Leave the process group (if this process joined one) and restore stdout.
+def close(ranks: Ranks | None = None) -> None:
+    """Leave the process group (if this process joined one) and restore stdout. ``ranks``:
+    this process's, also when :func:`start` was never reached (an error before it).
 
     Under torchrun, SIGTERM is ignored from here on: when one rank ends (e.g. exit status 2
     or 1), torchrun sends SIGTERM to the others, which are ending too and should report their
     own status rather than -15."""
     global _ranks, _streams
-    active, _ranks = _ranks.active, Ranks()
+    active, _ranks = (ranks or _ranks).active, Ranks()
     if not active:
         return
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -86,17 +86,17 @@ def test_tensorboard_after_a_crash_between_metrics_line_and_checkpoint(tmp_path,
     the resumed run trains epoch 1 again. Every tag ends with one point per epoch."""
     clean, crashed = tmp_path / 'clean', tmp_path / 'crashed'
     assert engine.main(mnist.EXPERIMENT, [*SMALL, '-N', '2', '--dump-dir', str(clean)], datasets=SETS) == 0
-    save = engine.run.Run.save
+    save = engine.persist.RunFiles.save
 
-    def crash_at_epoch_1(run):
-        if run.epoch == 1:
+    def crash_at_epoch_1(files, state, epoch):
+        if epoch == 1:
             raise KeyboardInterrupt('killed between the metrics line and the checkpoint')
-        save(run)
+        save(files, state, epoch)
 
-    monkeypatch.setattr(engine.run.Run, 'save', crash_at_epoch_1)
+    monkeypatch.setattr(engine.persist.RunFiles, 'save', crash_at_epoch_1)
     with pytest.raises(KeyboardInterrupt):
         engine.main(mnist.EXPERIMENT, [*SMALL, '-N', '2', '--dump-dir', str(crashed)], datasets=SETS)
-    monkeypatch.setattr(engine.run.Run, 'save', save)
+    monkeypatch.setattr(engine.persist.RunFiles, 'save', save)
     (name,) = [p.name for p in (crashed / 'logs').iterdir()]
     assert [r['epoch'] for r in read_metrics(crashed / 'logs' / name)] == [0, 1]   # logged, not saved
     assert engine.main(mnist.EXPERIMENT, [*SMALL, '-N', '2', '--dump-dir', str(crashed)], datasets=SETS) == 0

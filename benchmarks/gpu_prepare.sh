@@ -7,7 +7,7 @@
 #                  torchvision (SpikingJelly, tqdm, TensorBoard's SummaryWriter, pytest)
 # .gpu/mnist/      the four MNIST IDX files, gzipped
 # .gpu/cifar10-jpeg.tar.gz   the JPEG copy of CIFAR-10 from shared data, whole
-# .gpu/MD5SUMS     MD5 sums of the wheels, the archive and the unpacked MNIST files
+# .gpu/MD5SUMS     MD5 sums of the wheels, the archive and the unpacked MNIST files (MNIST/raw/...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stage=.gpu
@@ -62,7 +62,7 @@ cp "$c10_jpeg" "$stage/cifar10-jpeg.tar.gz"
 
 # Sums the check verifies after the transfer (MNIST: those of the unpacked files).
 (cd "$stage" && md5sum wheels/*.whl cifar10-jpeg.tar.gz >MD5SUMS)
-(cd "$mnist_raw" && md5sum *-ubyte) | sed 's|  |  mnist/|' >>"$stage/MD5SUMS"
+(cd "$mnist_raw" && md5sum *-ubyte) | sed 's|  |  MNIST/raw/|' >>"$stage/MD5SUMS"
 
 # The device run carries the working tree (tracked and untracked-not-ignored files) plus .gpu/.
 staged=$(du -sb "$stage" | cut -f1)

@@ -25,7 +25,8 @@
 #   g      CIFAR-10 Grad R (-s 0.95) on the JPEG copy: as many whole epochs as the time left
 #          allows (stopped with SIGINT; the last finished epoch is kept)
 set -uo pipefail
-cd "$(dirname "$0")/.."
+SELF=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
+cd "$(dirname "$SELF")/.."
 
 DEVICE=cuda BUDGET= PARTS=a,b,c,d,e,f,g
 while [ $# -gt 0 ]; do
@@ -33,7 +34,7 @@ while [ $# -gt 0 ]; do
     --device) DEVICE=${2:?--device needs cpu or cuda}; shift 2 ;;
     --budget) BUDGET=${2:?--budget needs seconds}; shift 2 ;;
     --parts) PARTS=${2:?--parts needs a list such as a,b,g}; shift 2 ;;
-    -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set -uo/p' "$SELF" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -227,12 +228,11 @@ import torch
 device = torch.device(__import__('os').environ['DEVICE'])
 t0 = time.perf_counter()
 f = torch.compile(lambda x: torch.sin(x) * 2 + 1)
-x = torch.randn(4096, device=device)
-ok = torch.allclose(f(x), torch.sin(x) * 2 + 1)
-if device.type == 'cuda':
-    torch.cuda.synchronize()
-print(f'torch.compile of sin(x) * 2 + 1 on {device}: {"right" if ok else "WRONG"} result after '
-      f'{time.perf_counter() - t0:.1f} s, compile included')
+x = torch.randn(4096, generator=torch.Generator().manual_seed(0)).to(device)
+diff = (f(x) - (torch.sin(x) * 2 + 1)).abs().max().item()   # float32 sin may differ in the last bits
+ok = diff <= 1e-5
+print(f'torch.compile of sin(x) * 2 + 1 on {device}: {"right" if ok else "WRONG"} result (largest '
+      f'difference from eager {diff:.1e}) after {time.perf_counter() - t0:.1f} s, compile included')
 sys.exit(0 if ok else 1)
 PY
     want b && part "b. optimizer tests" "${LIMIT[b]}" \

@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu_check.sh --device cpu    # rehearsal on a CPU: the same parts, tiny sizes,
 #                                                # one thread, a few minutes
 # Options: --budget SECONDS (whole check; default 540 on CUDA, 1800 on the CPU), --parts LIST
-# (e.g. a,b,g; default all). Env: PYTHON (default python3), OUT (also write $OUT/gpu_check.log),
+# (e.g. a,b,g; default all; setup always runs, so --parts none runs it alone). Env: PYTHON (default python3), OUT (also write $OUT/gpu_check.log),
 # GPU_CHECK_DIR (scratch folder, default /tmp/gpu_check; emptied first).
 #
 # Each part runs under its own `timeout` (capped by what is left of the budget), prints what it
@@ -45,8 +45,9 @@ export PY=${PYTHON:-python3} DEVICE
 export WORK=${GPU_CHECK_DIR:-/tmp/gpu_check}
 export PYTHONUNBUFFERED=1 PYTHONPATH=$WORK/site PIP_ROOT_USER_ACTION=ignore
 
-# Sizes and time limits (seconds) per device. The CPU rehearsal runs every part on tiny data
-# with one thread and eager kernels (part a still compiles), so it takes minutes on one core.
+# Sizes and time limits (seconds) per device. The limits are upper bounds, each cut to what is
+# left of the budget; g gets the rest. The CPU rehearsal runs every part on tiny data with one
+# thread and eager kernels (part a still compiles), so it takes minutes on one core.
 if [ "$DEVICE" = cuda ]; then
   BUDGET=${BUDGET:-540}
   declare -A LIMIT=([setup]=120 [a]=90 [b]=120 [c]=120 [d]=150 [e]=270 [f]=200 [g]=100000)
@@ -115,8 +116,8 @@ setup() {
   mkdir -p "$WORK/data/MNIST/raw" "$WORK/c10"
   grep -v ' MNIST/' .gpu/MD5SUMS | (cd .gpu && md5sum -c --quiet -) || { echo "staged files damaged"; exit 1; }
   echo "not installed before: $(PYTHONPATH= "$PY" -c "import importlib.util as u
-print(' '.join(m for m in ('spikingjelly', 'tqdm', 'tensorboard', 'google.protobuf', 'absl', 'pytest')
-               if u.find_spec(m.split('.')[0]) is None) or 'none of them')")"
+print(' '.join(m for m in ('spikingjelly', 'tqdm', 'tensorboard', 'absl', 'pytest')
+               if u.find_spec(m) is None) or 'none of them')")"
   if PYTHONPATH= "$PY" -m pip --version >/dev/null 2>&1; then
     PYTHONPATH= "$PY" -m pip install --quiet --no-deps --no-index --disable-pip-version-check \
       --target "$WORK/site" .gpu/wheels/*.whl

@@ -1,4 +1,4 @@
-"""What ``tests/test_distributed.py`` starts under torchrun (each rank runs this file).
+"""What ``tests/e2e/test_distributed.py`` starts under torchrun (each rank runs this file).
 
     python -m torch.distributed.run --standalone --nproc_per_node K tests/ddp_launch.py c10 ARGS...
         ``engine.main(c10.EXPERIMENT, ARGS, datasets=<stand-in data>)``: 32 training and 16

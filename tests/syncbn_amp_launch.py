@@ -1,4 +1,4 @@
-"""What ``tests/test_cuda_path.py`` starts under torchrun (each rank runs this file):
+"""What ``tests/e2e/test_syncbn_amp.py`` starts under torchrun (each rank runs this file):
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/syncbn_amp_launch.py OUT
 

@@ -167,7 +167,7 @@ def main() -> int:
         finally:
             if cuda:
                 torch.cuda.set_sync_debug_mode(0)
-    steps, i2 = run.step, run.args.i2
+    steps, i2 = run.step, run.config.i2
     logging = [k for k in range(steps) if k % i2 == 0]
     print(f'sync check: {steps} training steps of MNIST Grad R on {run.device} '
           f'(flags: {" ".join(flags) or "defaults"}), {time.perf_counter() - t0:.1f} s; '

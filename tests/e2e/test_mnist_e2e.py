@@ -98,10 +98,11 @@ def test_resume_gives_the_same_numbers(grad_run, tmp_path):
     assert len(read_metrics(tmp_path / 'logs' / NAME)) == 2
 
 
-@pytest.mark.parametrize('extra', [['--data-pipeline', 'released', '--workers', '2'], ['--compile']])
+@pytest.mark.parametrize('extra', [['--data-pipeline', 'released', '--workers', '2', '--no-compile'],
+                                   ['--compile']])
 def test_released_pipeline_and_compiled_runs_resume_too(tmp_path, extra):
-    """The released DataLoader path with two workers, and the compiled default path: a run
-    stopped after epoch 0 and resumed equals one that never stopped."""
+    """The released DataLoader path with two workers (eager), and the compiled default path: a
+    run stopped after epoch 0 and resumed equals one that never stopped."""
     straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
     argv = [a for a in SMALL if a != '--no-compile'] + extra
     for dump, last in ((straight, '1'), (resumed, '0'), (resumed, '1')):

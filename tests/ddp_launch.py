@@ -79,5 +79,5 @@ def syncbn_check(out: str) -> int:
 if __name__ == '__main__':
     mode, rest = sys.argv[1], sys.argv[2:]
     if mode == 'c10':
-        sys.exit(engine.main(c10.EXPERIMENT, rest, datasets=(stand_in(32, 0), stand_in(16, 1))))
+        sys.exit(engine.main(c10.EXPERIMENT, rest, datasets=(stand_in(16, 0), stand_in(8, 1))))
     sys.exit(syncbn_check(rest[0]))

@@ -132,8 +132,8 @@ def test_cifar10_with_two_processes_and_sync_bn_trains_and_resumes(tmp_path):
     again = _ok(torchrun(LAUNCH, 'c10', *argv, '-N', '1'))
     assert 'resuming lr-1e-4-b-8-T-2-penalty-1e-3-s-0.95-grad at epoch 1' in again.stdout
     records = read_metrics(_only_run(tmp_path, 'logs'))
-    assert [(r['epoch'], r['step'], r['world_size']) for r in records] == [(0, 4, 2), (1, 8, 2)]
-    assert [p[0] for p in records[1]['train']] == [4, 6]
+    assert [(r['epoch'], r['step'], r['world_size']) for r in records] == [(0, 2, 2), (1, 4, 2)]
+    assert [p[0] for p in records[1]['train']] == [2]            # 16 images, 2 steps an epoch, -i2 2
     run = json.loads((_only_run(tmp_path, 'logs') / 'run.json').read_text())
     assert run['flags']['sync_bn'] is True and run['flags']['world_size'] == 2
 

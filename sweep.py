@@ -15,6 +15,11 @@ full local sweep ``report.py`` runs on the dump folder (``--dump-dir``, passed o
 
 - ``--gpus 0,1``: one configuration per GPU at a time (``--device cuda:<id>``), a worker
   per GPU taking configurations from a shared queue.
+- ``--jobs N``: N configurations at a time (fewer when the grid has fewer), each in its
+  own process, taking them from the same queue; the CPU cores are split between them: each
+  gets ``--threads cores // N`` unless ``--threads`` is passed on (one at a time passes
+  nothing: the script's own split). 1 <= N <= the cores this process may use. The released
+  data path's loader workers (``--workers``) are not split.
 - ``--print``: print the commands, one per line, shell-quoted (for a cluster scheduler).
 - ``--task-index I``: run the I-th configuration only (0-based, for a job array).
 
@@ -32,6 +37,7 @@ import sys
 import threading
 from pathlib import Path
 
+from engine.cli import cpu_cores
 from engine.methods import METHODS
 
 REPO = Path(__file__).resolve().parent
@@ -100,6 +106,9 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument('--flat-widths', default=None,
                    help='comma list of --flat-width values (D > 0) for the methods that take it (stds)')
     p.add_argument('--gpus', default=None, help='comma list of CUDA device indices: one worker each')
+    p.add_argument('--jobs', type=int, default=None, metavar='N',
+                   help='run N configurations at a time, each with --threads cores // N '
+                        '(unless --threads is passed on); 1 <= N <= the CPU cores')
     p.add_argument('--print', action='store_true', help='print the commands instead of running them')
     p.add_argument('--task-index', type=int, default=None, metavar='I',
                    help='run only the I-th configuration (0-based)')
@@ -137,7 +146,38 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         clash = [t for t in passed_on if t.split('=')[0] in ('-gpu', '--device')]
         if clash:
             raise SweepError(f'{clash[0]} conflicts with --gpus, which sets --device per worker')
+    if args.jobs is not None:
+        cores = cpu_cores()
+        if not 1 <= args.jobs <= cores:
+            raise SweepError(f'--jobs {args.jobs}: give 1 to {cores} (configurations at a time; '
+                             f'this machine has {cores} CPU cores for them to share)')
+        if args.gpus is not None:
+            raise SweepError('--jobs does not go with --gpus: --gpus runs one configuration per GPU, '
+                             '--jobs N configurations on the CPU cores')
+        if args.print or args.task_index is not None:
+            raise SweepError('--jobs runs the sweep here; it does not go with --print or --task-index')
     return args, passed_on
+
+
+def passes_threads(passed_on: list[str]) -> bool:
+    """Whether the flags passed on to the script set ``--threads`` (also ``--threads=K`` and
+    the abbreviations the script's parser takes, ``--th`` .. ``--thread``)."""
+    return any(len(flag) >= 4 and '--threads'.startswith(flag)
+               for flag in (token.split('=', 1)[0] for token in passed_on))
+
+
+def worker_flags(args: argparse.Namespace, passed_on: list[str], n_configs: int) -> list[list[str]]:
+    """One list of extra script flags per worker, each worker running one configuration at a
+    time: with ``--gpus``, ``--device cuda:<id>`` for each GPU; with ``--jobs N``, J =
+    min(N, ``n_configs``) workers (no core is kept for a worker without work), which add
+    ``--threads cores // J`` when J > 1 and ``--threads`` is not passed on, else nothing;
+    without either, one worker that adds nothing."""
+    if args.gpus is not None:
+        return [['--device', f'cuda:{g}'] for g in args.gpus]
+    jobs = max(1, min(args.jobs or 1, n_configs))
+    if jobs == 1 or passes_threads(passed_on):
+        return [[] for _ in range(jobs)]
+    return [['--threads', str(cpu_cores() // jobs)] for _ in range(jobs)]
 
 
 def configurations(args: argparse.Namespace, passed_on: list[str]) -> list[tuple[str, list[str]]]:
@@ -162,22 +202,23 @@ def _grid(name: str) -> tuple[str, ...]:
     return next(m.grid for m in METHODS.values() if m.sweep == name)
 
 
-def run_all(configs: list[tuple[str, list[str]]], gpus: list[int] | None) -> list[str]:
-    """Run the configurations, one after the other or one per GPU at a time; returns one
-    line per failed configuration."""
+def run_all(configs: list[tuple[str, list[str]]], workers: list[list[str]]) -> list[str]:
+    """Run the configurations, ``len(workers)`` at a time: each worker (a thread) takes the
+    next configuration from a shared queue, runs its command with the worker's extra flags
+    appended (:func:`worker_flags`) and waits for it. Returns one line per failed
+    configuration, in the grid's order."""
     jobs = queue.Queue()
     for i, config in enumerate(configs):
         jobs.put((i, config))
     failed, lock = [], threading.Lock()
 
-    def worker(device):
+    def worker(extra):
         while True:
             try:
                 i, (label, cmd) = jobs.get_nowait()
             except queue.Empty:
                 return
-            if device is not None:
-                cmd = cmd + ['--device', device]
+            cmd = cmd + extra
             with lock:      # workers print at once: one whole line each
                 print(f'{PROG}: [{i + 1}/{len(configs)}] {shlex.join(cmd)}', flush=True)
             code = subprocess.run(cmd).returncode       # in the caller's folder, as --print's lines
@@ -185,10 +226,10 @@ def run_all(configs: list[tuple[str, list[str]]], gpus: list[int] | None) -> lis
                 with lock:
                     failed.append(f'configuration {i} ({label}) failed with exit status {code}')
 
-    if gpus is None:
-        worker(None)
+    if len(workers) == 1:
+        worker(workers[0])
     else:
-        threads = [threading.Thread(target=worker, args=(f'cuda:{g}',)) for g in gpus]
+        threads = [threading.Thread(target=worker, args=(extra,)) for extra in workers]
         for t in threads:
             t.start()
         for t in threads:
@@ -214,7 +255,7 @@ def main(argv=None) -> int:
         for _, cmd in configs:
             print(shlex.join(cmd))
         return 0
-    failed = run_all(configs, args.gpus)
+    failed = run_all(configs, worker_flags(args, passed_on, len(configs)))
     status = 0
     if args.task_index is None:
         import report

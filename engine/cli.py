@@ -225,7 +225,9 @@ def resolve(exp: Experiment, args: argparse.Namespace, ranks: Ranks | None = Non
         distributed=ranks.active)
 
 
-def _cores() -> int:
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one, else
+    every core), at least 1: what ``--threads`` and ``sweep.py --jobs`` share out."""
     return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
 
 
@@ -239,7 +241,7 @@ def choose_threads(pipeline: str, workers: int | None, threads: int | None,
     Raises:
         UsageError: a negative --workers, or --threads below 1.
     """
-    cores = _cores()
+    cores = cpu_cores()
     if workers is None:
         workers = min(4, cores) if pipeline == 'released' else 0
     if workers < 0:

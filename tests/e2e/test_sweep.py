@@ -1,4 +1,6 @@
 """sweep.py: the grid it lists, the configuration it picks, resuming, failures, bad input."""
+import json
+import os
 import shlex
 import sys
 
@@ -44,7 +46,7 @@ def test_task_index_picks_one_configuration(index, expected):
 def test_gpu_workers_share_the_queue(capfd):
     configs = [(f'c{i}', [sys.executable, '-c', 'import sys; sys.exit(sys.argv[-1] == "cuda:9" and 3)'])
                for i in range(5)]
-    failed = sweep.run_all(configs, [7, 9])
+    failed = sweep.run_all(configs, [['--device', 'cuda:7'], ['--device', 'cuda:9']])
     out = capfd.readouterr().out.splitlines()
     assert len(out) == 5 and {line.split()[-1] for line in out} == {'cuda:7', 'cuda:9'}
     assert failed == sorted(failed) and len(failed) == sum(line.endswith('cuda:9') for line in out)
@@ -102,3 +104,95 @@ def test_bad_input_one_line_exit_2(args, message):
     done = run_script(SWEEP, *args)
     assert done.returncode == 2 and done.stdout == ''
     assert len(done.stderr.splitlines()) == 1 and message in done.stderr
+
+
+# ---------------------------------------------------------------- --jobs: configurations at a time on the CPU
+
+@pytest.mark.parametrize('args, message', [
+    (['--jobs', '0'], '--jobs 0: give 1 to 4 '),
+    (['--jobs', '-1'], '--jobs -1: give 1 to 4 '),
+    (['--jobs', '5'], '--jobs 5: give 1 to 4 (configurations at a time; this machine has 4 CPU cores'),
+    (['--jobs', 'two'], "argument --jobs: invalid int value: 'two'"),
+    (['--jobs', '2', '--gpus', '0,1'], '--jobs does not go with --gpus'),
+    (['--jobs', '2', '--print'], '--jobs runs the sweep here; it does not go with --print'),
+    (['--jobs', '2', '--task-index', '0'], 'does not go with --print or --task-index'),
+])
+def test_jobs_bad_input_is_refused(monkeypatch, args, message):
+    monkeypatch.setattr(sweep, 'cpu_cores', lambda: 4)
+    with pytest.raises(sweep.SweepError) as err:
+        sweep.parse(['mnist', '-s', '0.9', *args])
+    assert message in str(err.value) and '\n' not in str(err.value)
+
+
+def test_too_many_jobs_one_line_exit_2_nothing_started(tmp_path):
+    cores = len(os.sched_getaffinity(0))
+    done = run_script(SWEEP, 'mnist', '-s', '0.9', '--jobs', cores + 1, '--dump-dir', tmp_path / 'runs')
+    assert done.returncode == 2 and done.stdout == ''
+    assert done.stderr == f'sweep.py: error: --jobs {cores + 1}: give 1 to {cores} (configurations at a time; ' \
+                          f'this machine has {cores} CPU cores for them to share)\n'
+    assert not (tmp_path / 'runs').exists()
+
+
+@pytest.mark.parametrize('jobs, passed_on, n_configs, expected', [
+    (None, [], 4, [[]]),                                         # no --jobs: one at a time, as before
+    (1, [], 4, [[]]),                                            # the script's own thread split
+    (2, [], 4, [['--threads', '2']] * 2),
+    (3, [], 4, [['--threads', '1']] * 3),                        # 4 // 3
+    (4, [], 2, [['--threads', '2']] * 2),                        # no core kept for a worker without work
+    (4, [], 1, [[]]),
+    (2, ['--threads', '1'], 4, [[]] * 2),                        # the user's --threads stands
+    (2, ['--threads=3'], 4, [[]] * 2),
+    (2, ['--thread', '1'], 4, [[]] * 2),                         # an abbreviation the script takes
+    (2, ['--test-size', '256'], 4, [['--threads', '2']] * 2),
+])
+def test_jobs_split_the_cores(monkeypatch, jobs, passed_on, n_configs, expected):
+    monkeypatch.setattr(sweep, 'cpu_cores', lambda: 4)
+    argv = ['mnist', '-s', '0.9', *passed_on] + (['--jobs', str(jobs)] if jobs is not None else [])
+    args, rest = sweep.parse(argv)
+    assert rest == passed_on
+    assert sweep.worker_flags(args, rest, n_configs) == expected
+
+
+FAKE_SCRIPT = '''\
+"""Stands in for mnist.py: records its argv and the most of its kind it saw running at once,
+and waits (up to 60 s) until two have started, so that a sweep that runs them one after the
+other fails (exit status 3)."""
+import json, os, sys, time
+from pathlib import Path
+folder, pid = Path(os.environ['FAKE_SWEEP_DIR']), os.getpid()
+(folder / f'running-{pid}').touch()
+(folder / f'started-{pid}').touch()
+deadline = time.monotonic() + 60
+while len(list(folder.glob('started-*'))) < 2 and time.monotonic() < deadline:
+    time.sleep(0.05)
+at_once = len(list(folder.glob('running-*')))
+(folder / f'argv-{pid}.json').write_text(json.dumps({'argv': sys.argv[1:], 'at_once': at_once}))
+(folder / f'running-{pid}').unlink()
+sys.exit(0 if len(list(folder.glob('started-*'))) >= 2 else 3)
+'''
+
+
+def test_jobs_run_configurations_at_once_with_their_share_of_threads(tmp_path, monkeypatch, capfd):
+    """--jobs 2 on 4 cores: two configurations at a time (never three), each given
+    --threads 2, all four run, then the report reads the dump folder."""
+    import report
+    fake = tmp_path / 'fake_mnist.py'
+    fake.write_text(FAKE_SCRIPT)
+    folder = tmp_path / 'seen'
+    folder.mkdir()
+    monkeypatch.setenv('FAKE_SWEEP_DIR', str(folder))
+    monkeypatch.setitem(sweep.SCRIPTS, 'mnist', fake)
+    monkeypatch.setattr(sweep, 'cpu_cores', lambda: 4)
+    reports = []
+    monkeypatch.setattr(report, 'main', lambda argv: reports.append(argv) or 0)
+    status = sweep.main(['mnist', '--methods', 'grad,deep,soft,no_prune', '-s', '0.95', '--dump-dir',
+                         str(tmp_path / 'runs'), '-N', '1', '--jobs', '2'])
+    assert status == 0, capfd.readouterr()
+    runs = [json.loads(f.read_text()) for f in folder.glob('argv-*.json')]
+    assert sorted(r['argv'][:r['argv'].index('--dump-dir')] for r in runs) == sorted([
+        ['-m', 'grad', '-penalty', '1e-3', '-s', '0.95'], ['-m', 'deep', '-penalty', '1e-3', '-s', '0.95'],
+        ['-m', 'deep', '-soft', '-penalty', '1e-3', '-s', '0.95'], ['-m', 'no_prune']])
+    assert all(r['argv'][-5:] == [str(tmp_path / 'runs'), '-N', '1', '--threads', '2'] for r in runs)
+    assert max(r['at_once'] for r in runs) == 2
+    assert reports == [[str(tmp_path / 'runs')]]
+    assert len([line for line in capfd.readouterr().out.splitlines() if line.startswith('sweep.py: [')]) == 4

@@ -118,8 +118,8 @@ def build_parser(exp: Experiment) -> argparse.ArgumentParser:
                         'min(4, CPU cores)); their number shapes the augmentation draws, so a run '
                         'resumes only with the same --workers. The device pipeline uses none')
     p.add_argument('--threads', type=int, default=None,
-                   help='torch CPU threads (None: the CPU cores not given to loader workers, '
-                        'at least 1)')
+                   help='torch CPU threads (None: $OMP_NUM_THREADS if set, else the CPU cores '
+                        'not given to loader workers, at least 1)')
     p.add_argument('--amp', action='store_true',
                    help='bfloat16 autocast for forward and backward (CUDA, or a CPU with native '
                         'bfloat16); weights, theta and Adam moments stay float32. Off: the '
@@ -235,8 +235,9 @@ def choose_threads(pipeline: str, workers: int | None, threads: int | None,
                    ranks: Ranks) -> tuple[int, int]:
     """Share the CPU cores between torch threads and loader workers (no oversubscription):
     workers only for ``--data-pipeline released`` (default min(4, cores)); threads default to
-    the cores left, at least 1, or under torchrun to an equal share of the node's cores per
-    process. Returns ``(workers, threads)``.
+    ``OMP_NUM_THREADS`` when the environment sets it to a positive integer, else to the cores
+    left, at least 1, or under torchrun to an equal share of the node's cores per process.
+    Returns ``(workers, threads)``.
 
     Raises:
         UsageError: a negative --workers, or --threads below 1.
@@ -246,6 +247,9 @@ def choose_threads(pipeline: str, workers: int | None, threads: int | None,
         workers = min(4, cores) if pipeline == 'released' else 0
     if workers < 0:
         raise UsageError(f'--workers must be >= 0, got {workers}')
+    omp = os.environ.get('OMP_NUM_THREADS', '')
+    if threads is None and omp.isdigit() and int(omp) > 0:
+        threads = int(omp)
     if threads is None:
         threads = max(1, cores // ranks.local_world_size) if ranks.active else max(1, cores - workers)
     if threads < 1:

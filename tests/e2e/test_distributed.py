@@ -194,7 +194,8 @@ def test_test_shards_are_contiguous_without_padding_or_duplicates():
         assert max(map(len, shards)) - min(map(len, shards)) <= 1
 
 
-def test_one_process_changes_nothing():
+def test_one_process_changes_nothing(monkeypatch):
+    monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
     workers, threads = engine.cli.choose_threads('device', None, None, Ranks())
     assert (workers, threads) == (0, len(os.sched_getaffinity(0)))
     assert distributed.mean(0.5, 2.0) == [0.5, 2.0]

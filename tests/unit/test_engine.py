@@ -132,3 +132,17 @@ def test_loaders_draw_from_the_global_generator_as_the_released_ones(workers):
     assert epoch0 != epoch1 and sorted(epoch0) == list(range(40))
     torch.set_rng_state(state)                          # what a resume does
     assert _epoch_order(ours) == epoch1
+
+
+@pytest.mark.parametrize('omp, given, expected', [(None, None, 2), ('1', None, 1), ('3', None, 3), ('1', 2, 2),
+                                                  ('', None, 2), ('x', None, 2)])
+def test_threads_follow_omp_num_threads_unless_given(omp, given, expected, monkeypatch):
+    """--threads defaults to $OMP_NUM_THREADS (so that two runs side by side, each told one
+    thread, keep to it), else to the cores not given to workers (here 2)."""
+    from engine.distributed import Ranks
+    monkeypatch.setattr(engine.cli, 'cpu_cores', lambda: 2)
+    if omp is None:
+        monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
+    else:
+        monkeypatch.setenv('OMP_NUM_THREADS', omp)
+    assert engine.cli.choose_threads('device', None, given, Ranks()) == (0, expected)

@@ -234,9 +234,10 @@ def cpu_cores() -> int:
 def choose_threads(pipeline: str, workers: int | None, threads: int | None,
                    ranks: Ranks) -> tuple[int, int]:
     """Share the CPU cores between torch threads and loader workers (no oversubscription):
-    workers only for ``--data-pipeline released`` (default min(4, cores)); threads default to
+    workers only for ``--data-pipeline released`` (default min(4, cores)); threads default,
+    under torchrun, to an equal share of the node's cores per process, else to
     ``OMP_NUM_THREADS`` when the environment sets it to a positive integer, else to the cores
-    left, at least 1, or under torchrun to an equal share of the node's cores per process.
+    left, at least 1.
     Returns ``(workers, threads)``.
 
     Raises:
@@ -247,8 +248,8 @@ def choose_threads(pipeline: str, workers: int | None, threads: int | None,
         workers = min(4, cores) if pipeline == 'released' else 0
     if workers < 0:
         raise UsageError(f'--workers must be >= 0, got {workers}')
-    omp = os.environ.get('OMP_NUM_THREADS', '')
-    if threads is None and omp.isdigit() and int(omp) > 0:
+    omp = os.environ.get('OMP_NUM_THREADS', '')          # (torchrun sets it to 1 for every process)
+    if threads is None and not ranks.active and omp.isdigit() and int(omp) > 0:
         threads = int(omp)
     if threads is None:
         threads = max(1, cores // ranks.local_world_size) if ranks.active else max(1, cores - workers)

@@ -1,13 +1,15 @@
-"""Run the paper's comparison grid: every method at every penalty, then the report.
+"""Run a grid of configurations, the paper's comparison by default, then the report.
 
 Usage::
 
     python sweep.py {mnist,c10} --methods grad,deep,soft,no_prune --penalties 1e-4,5e-4,1e-3 \\
         -s 0.95 [flags passed on to mnist/mnist.py or c10/c10.py]
 
-The grid: for each method (``grad``, ``deep``, ``soft`` = ``-m deep -soft``, ``no_prune``),
-for each penalty and each ``-s`` value (comma lists); ``no_prune`` ignores both and is one
-configuration. Configurations run one after the other as ``python <script> ...``; each run
+The grid: for each method (its name in ``--methods``: ``engine.methods``, ``Method.sweep``),
+every combination of the values of the flags it takes (``Method.grid``: ``--penalties`` for
+``-penalty``, ``-s``, ``--flat-widths`` for ``--flat-width``; comma lists); a method that
+takes none is one configuration. A method's own flag passed on (e.g. ``--stds-gradient``)
+must belong to every method of the grid. Configurations run one after the other as ``python <script> ...``; each run
 resumes by itself (the engine resumes a run of the same name, and says ``are done`` for a
 finished one), so starting the same sweep again continues where it stopped. At the end of a
 full local sweep ``report.py`` runs on the dump folder (``--dump-dir``, passed on; default
@@ -99,7 +101,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """
     p = _OneLineParser(prog=PROG, allow_abbrev=False, description=__doc__.split('\n\n')[0])
     p.add_argument('dataset', choices=sorted(SCRIPTS), help='mnist or c10')
-    p.add_argument('--methods', default='grad,deep,soft,no_prune',
+    p.add_argument('--methods', default=','.join(m.sweep for m in METHODS.values() if m.comparison),
                    help=f'comma list of {", ".join(method_flags())}')
     p.add_argument('--penalties', default='1e-3', help='comma list of -penalty values (>= 0)')
     p.add_argument('-s', default=None, help='comma list of target sparsities (-s of the scripts)')
@@ -131,6 +133,9 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     if args.s is None and with_s:
         raise SweepError(f'-s (target sparsity) is required with {", ".join(with_s)}')
     args.flat_widths = None if args.flat_widths is None else _numbers('--flat-widths', args.flat_widths, 0, math.inf)
+    if args.flat_widths is not None and any(float(w) <= 0 for w in args.flat_widths):
+        raise SweepError(f'--flat-widths: every width D must be > 0, got {",".join(args.flat_widths)}')
+    _check_own_flags(args.methods, passed_on)
     with_width = [m for m in args.methods if '--flat-width' in _grid(m)]
     if args.flat_widths is None and with_width:
         raise SweepError(f'--flat-widths (final dead-zone widths D) is required with {", ".join(with_width)}')
@@ -195,6 +200,23 @@ def configurations(args: argparse.Namespace, passed_on: list[str]) -> list[tuple
             label = ' '.join([method] + [f'{f.lstrip("-")} {v}' for f, v in zip(setting[::2], setting[1::2])])
             configs.append((label, script + method_flags()[method] + setting + tail))
     return configs
+
+
+def _check_own_flags(names: list[str], passed_on: list[str]) -> None:
+    """A method's own flag passed on (``Method.options``) must belong to every method of the
+    grid, since every configuration gets it.
+
+    Raises:
+        SweepError: one that some method of the grid does not take.
+    """
+    chosen = [m for m in METHODS.values() if m.sweep in names]
+    for token in passed_on:
+        flag = token.split('=')[0]
+        owners = [m for m in METHODS.values() if any(flag in o.flags for o in m.options)]
+        strangers = [m.sweep for m in chosen if owners and m not in owners]
+        if strangers:
+            raise SweepError(f'{flag} is passed to every configuration, but {", ".join(strangers)} '
+                             f'does not take it; sweep {", ".join(m.sweep for m in owners)} apart')
 
 
 def _grid(name: str) -> tuple[str, ...]:

@@ -1,10 +1,12 @@
-"""Grad R, Deep R and soft Deep R on CIFAR-10 with the released 6-conv, 2-FC spiking network.
+"""The pruning methods (Grad R, Deep R, soft Deep R, STDS: ``engine.methods``) on CIFAR-10 with
+the released 6-conv, 2-FC spiking network.
 
 Examples (from the repository root, or from inside c10/ as ``python c10.py ...``)::
 
     python c10/c10.py -m grad -s 0.95            # Grad R, target sparsity 0.95
     python c10/c10.py -m deep -s 0.95            # Deep R
     python c10/c10.py -m deep -soft -s 0.95      # soft Deep R
+    python c10/c10.py -m stds --flat-width 2     # STDS
     python c10/c10.py -m grad -s 0.95 -test      # evaluate the latest checkpoint
 
 Data (``--dataset-dir``), in this order of preference:
@@ -254,8 +256,8 @@ def load_datasets(config):
 EXPERIMENT = engine.Experiment(
     prog='c10.py',
     description='Prune the CIFAR-10 spiking CNN (6 conv + 2 FC layers, LIF, T time steps) with '
-                'Grad R, Deep R or soft Deep R (Chen et al., IJCAI 2021), or train it unpruned '
-                '(-m no_prune). BatchNorm parameters are trained by a plain Adam, never pruned.',
+                'a pruning method (-m), or train it unpruned (-m no_prune). BatchNorm parameters '
+                'are trained by a plain Adam, never pruned.',
     defaults={'b': 16, 'lr': 1e-4, 'N': 2048, 'i1': 128, 'i2': 1024, 'eval_batch': 128},
     build_model=lambda config: CIFAR10SNN(T=config.T),
     load_datasets=load_datasets,

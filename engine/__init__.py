@@ -5,7 +5,7 @@ data and defaults, in an :class:`Experiment`, and hands it to :func:`main`, whic
 everything else. Modules, by concern:
 
 - ``engine.methods``: the pruning methods, one record each (Grad R, Deep R, soft Deep R,
-  no pruning), which everything else reads;
+  no pruning, STDS), which everything else reads;
 - ``engine.cli``: the released command line, its validation, the device, the run name, and
   ``engine.config``: the run's configuration, resolved once and frozen;
 - ``engine.optimizers``: the method's synapse optimizer and BatchNorm's Adam;

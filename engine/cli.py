@@ -81,11 +81,12 @@ def build_parser(exp: Experiment) -> argparse.ArgumentParser:
     p.add_argument('-b', type=int, default=d['b'], metavar='B', help='batch size')
     p.add_argument('-lr', type=float, default=d['lr'], metavar='LR', help='Adam learning rate (> 0)')
     p.add_argument('-penalty', type=float, default=1e-3, metavar='P',
-                   help='prior strength: alpha of Grad R, l1 of Deep R (>= 0)')
+                   help='prior strength: alpha of Grad R, l1 of Deep R (>= 0); not read by the '
+                        'methods that do not take it (no_prune, stds)')
     p.add_argument('-s', type=float, default=None, metavar='S',
                    help='target sparsity: Grad R needs 0.5 <= s < 1 (any s when -penalty is 0, '
                         'which turns its prior off), Deep R (max_s) 0 <= s <= 1; required with '
-                        '-m grad and -m deep, ignored with -m no_prune')
+                        '-m grad and -m deep, not read by the methods that do not take it')
     p.add_argument('-gpu', type=int, default=None, metavar='ID',
                    help='CUDA device index (same as --device cuda:ID)')
     p.add_argument('--dataset-dir', type=_folder, default=REPO_ROOT / 'data', metavar='DIR',

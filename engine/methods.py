@@ -55,6 +55,8 @@ class Method:
             :class:`engine.config.RunConfig`. It may reparameterise the synapses first.
         prunes: False for the unpruned reference, against which the report measures the
             accuracy loss.
+        comparison: one of the Grad R paper's comparison (``sweep.py``'s default
+            ``--methods``).
         options: the flags it owns; giving one of them with another method is an error.
         grid: the shared flags (``-penalty``, ``-s``) the method reads, which ``sweep.py``
             varies and the run name carries.
@@ -76,6 +78,7 @@ class Method:
     sweep: str
     optimizer: Callable[[Any, torch.nn.Module, int], torch.optim.Optimizer]
     prunes: bool = True
+    comparison: bool = True
     options: tuple[Option, ...] = ()
     grid: tuple[str, ...] = ()
     check: Callable[[dict], None] | None = None
@@ -156,6 +159,11 @@ def sci(x: float) -> str:
     return np.format_float_scientific(x, trim='-', exp_digits=1)
 
 
+def exact(x: float) -> str:
+    """``x`` in its shortest form that reads back as the same float: 2, 0.5, 1.0000001."""
+    return repr(float(x)).removesuffix('.0')
+
+
 def grid_name(method: Method, flags: dict) -> str:
     """The run-name part of the shared flags the method reads: ``-penalty-1e-3-s-0.95``
     (``-s`` written in full, and left out when not given), or the method's own
@@ -171,7 +179,8 @@ def grid_name(method: Method, flags: dict) -> str:
 # ------------------------------------------------------------------ the released methods
 
 def _named_error(method: str, flag_of: dict[str, str], err: HyperparameterError) -> MethodError:
-    return MethodError(f'-m {method} {flag_of.get(err.argument, "")}: {err}'.replace('  ', ' '))
+    flag = flag_of.get(err.argument)
+    return MethodError(f'-m {method} {flag}: {err}' if flag else f'-m {method}: {err}')
 
 
 def _from_state(key: str):
@@ -255,7 +264,7 @@ def _stds_theta(optimizer, synapses: dict) -> dict:
             for name, m in optimizer.controller.layers.items()}
 
 
-register(Method('stds', ('-m', 'stds'), 'STDS', {'marker': 'D'}, 'stds', _stds_optimizer,
+register(Method('stds', ('-m', 'stds'), 'STDS', {'marker': 'D'}, 'stds', _stds_optimizer, comparison=False,
                 options=(Option(('--flat-width',), {
                              'type': float, 'default': None, 'metavar': 'D',
                              'help': 'with -m stds: final width D of the dead zone |theta| <= d in '
@@ -269,6 +278,6 @@ register(Method('stds', ('-m', 'stds'), 'STDS', {'marker': 'D'}, 'stds', _stds_o
                              'choices': ('sine', 'linear'), 'default': 'sine',
                              'help': 'with -m stds: how d grows from 0 to D over the run'})),
                 grid=('--flat-width',), check=_check_stds,
-                name_middle=lambda f: f'-flat-{f["flat_width"]:g}-{f["stds_gradient"]}-{f["flat_schedule"]}',
+                name_middle=lambda f: f'-flat-{exact(f["flat_width"])}-{f["stds_gradient"]}-{f["flat_schedule"]}',
                 strength=_stds_theta,
                 scalars=lambda optimizer: {'flat_width': optimizer.controller.d}))

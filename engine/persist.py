@@ -173,8 +173,8 @@ def check_test_source(config: RunConfig) -> None:
     Raises:
         UsageError: there is none.
     """
-    models = config.model_dir
-    if config.resume_from is None and not ((models / 'checkpoint.pt').exists() or (models / 'checkpoint-prev.pt').exists()):
+    files = RunFiles(config)
+    if config.resume_from is None and not (files.checkpoint.exists() or files.prev.exists()):
         raise UsageError(f'-test: no checkpoint of run {config.name} under '
                          f'{config.dump_dir / "models"}; train it first (same flags without -test)')
 

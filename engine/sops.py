@@ -27,10 +27,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from engine.distributed import all_sum
-from engine.metrics import evaluate, linked
+from engine.metrics import linked
 from snn import synapses
 
 
@@ -189,14 +188,6 @@ class SynapticOpsMonitor:
                 'dense_first_layer_macs': self.dense_macs / self.images,
                 'ratio': total / dense_total if dense_total else 0.0,
                 'images': self.images}
-
-
-def count_sops(model: nn.Module, loader: DataLoader, device: torch.device) -> dict:
-    """A separate evaluation pass over ``loader`` that returns
-    :meth:`SynapticOpsMonitor.results` (SOPs and MACs per image)."""
-    with SynapticOpsMonitor(model) as monitor:
-        evaluate(model, loader, device, desc='SOPs')
-    return monitor.results()
 
 
 def sops_lines(results: dict) -> list[str]:

@@ -1,10 +1,12 @@
-"""Grad R, Deep R and soft Deep R on MNIST with the 784-800-10 LIF network.
+"""The pruning methods (Grad R, Deep R, soft Deep R, STDS: ``engine.methods``) on MNIST with
+the 784-800-10 LIF network.
 
 Examples (from the repository root, or from inside mnist/ as ``python mnist.py ...``)::
 
     python mnist/mnist.py -m grad -s 0.95            # Grad R, target sparsity 0.95
     python mnist/mnist.py -m deep -s 0.95            # Deep R
     python mnist/mnist.py -m deep -soft -s 0.95      # soft Deep R
+    python mnist/mnist.py -m stds --flat-width 0.5   # STDS
     python mnist/mnist.py -m grad -s 0.95 -test      # evaluate the latest checkpoint
 
 Everything but the model, the data and the defaults lives in the ``engine`` package.
@@ -176,8 +178,8 @@ def load_datasets(config):
 
 EXPERIMENT = engine.Experiment(
     prog='mnist.py',
-    description='Prune the MNIST SNN (784-800-10 LIF, T time steps) with Grad R, Deep R or '
-                'soft Deep R (Chen et al., IJCAI 2021), or train it unpruned (-m no_prune).',
+    description='Prune the MNIST SNN (784-800-10 LIF, T time steps) with a pruning method (-m), '
+                'or train it unpruned (-m no_prune).',
     defaults={'b': 128, 'lr': 1e-3, 'N': 512, 'i1': 32, 'i2': 1024, 'eval_batch': 1000},
     build_model=lambda config: MNISTSNN(T=config.T),
     load_datasets=load_datasets,

@@ -115,8 +115,7 @@ def summarize(run: dict) -> dict:
     """One table row of a run (see the module docstring); a missing value is None."""
     info, records = run['info'], run['records']
     flags, last = info['flags'], (records[-1] if records else {})
-    method = METHODS.get(info['method'])
-    grid = method.grid if method is not None else ('-penalty', '-s')
+    grid = _grid(METHODS.get(info['method']))
     layers = {k: _connectivity(v) for k, v in last.get('layer_sparsity', {}).items()}
     counts = info.get('synapse_counts', {})
     kept = None
@@ -139,17 +138,28 @@ def summarize(run: dict) -> dict:
             'group': (info['dataset'], re.sub(r'-seed-\d+', '', info['run']))}
 
 
+def _grid(method) -> tuple[str, ...]:
+    """The flags a method varies; an unknown method's run is read as Grad R's and Deep R's."""
+    return method.grid if method is not None else ('-penalty', '-s')
+
+
 def setting(info: dict) -> str:
-    """A run's setting in words, from the flags its method varies (``Method.grid``), e.g.
-    ``'penalty 1e-3, s 0.95'``; ``''`` for a method without any."""
+    """A run's setting in words: the flags its method varies (``Method.grid``), then its own
+    flags that differ from their defaults, e.g. ``'penalty 1e-3, s 0.95'`` or
+    ``'flat-width 0.5, stds-gradient st'``; ``''`` for a method without any."""
     method = METHODS.get(info['method'])
-    grid = method.grid if method is not None else ('-penalty', '-s')
     words = []
-    for flag in grid:
+    for flag in _grid(method):
         value = info['flags'].get(flag.lstrip('-').replace('-', '_'))
         if value is not None:
             text = sci(value) if isinstance(value, float) and 0 < abs(value) < 0.01 else f'{value:g}'
             words.append(f'{flag.lstrip("-")} {text}')
+    switches = set(method.argv[2:]) if method is not None else set()
+    for option in (method.options if method is not None else ()):
+        value = info['flags'].get(option.dest)
+        if option.flags[0] not in switches and option.flags[0] not in _grid(method) and \
+                value is not None and value != option.kwargs.get('default', False):
+            words.append(f'{option.flags[0].lstrip("-")} {value}')
     return ', '.join(words)
 
 

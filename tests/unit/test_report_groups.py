@@ -71,3 +71,12 @@ def test_curves_are_labelled_by_method_setting_and_seed(kept, tmp_path, monkeypa
     monkeypatch.setattr(matplotlib.axes.Axes, 'plot', plot)
     report.build_report([kept], tmp_path / 'out')
     assert 'Grad R penalty 1e-3, s 0.95 seed 2021' in labels and 'no pruning seed 2020' in labels
+
+
+def test_a_setting_names_the_methods_own_flags_that_differ_from_their_defaults():
+    flags = {'flat_width': 0.5, 'stds_gradient': 'st', 'flat_schedule': 'sine', 'penalty': 1e-3, 's': None}
+    assert report.setting({'method': 'stds', 'flags': flags}) == 'flat-width 0.5, stds-gradient st'
+    flags = {'penalty': 1e-3, 's': 0.9, 'soft': False, 'deepr_regrowth': 'active'}
+    assert report.setting({'method': 'deep', 'flags': flags}) == 'penalty 1e-3, s 0.9, deepr-regrowth active'
+    flags = {'penalty': 1e-3, 's': 0.9, 'soft': True, 'deepr_regrowth': 'released'}
+    assert report.setting({'method': 'soft_deep', 'flags': flags}) == 'penalty 1e-3, s 0.9'

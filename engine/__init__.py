@@ -80,7 +80,7 @@ def main(exp: Experiment, argv: Sequence[str] | None = None, datasets=None) -> i
         config = resolve(exp, args, ranks)
         distributed.start(ranks, config.device)
         torch.set_num_threads(config.threads)
-        data = (lambda: datasets) if datasets is not None else (lambda: exp.load_datasets(config))
+        data = (lambda: datasets) if datasets is not None else (lambda: _load_datasets(exp, config, ranks))
         if config.test:
             persist.check_test_source(config)
             Run(exp, config, data()).test()
@@ -127,6 +127,26 @@ def main(exp: Experiment, argv: Sequence[str] | None = None, datasets=None) -> i
         return _stopped(exp, run, f'stopped: {what}', command, 1, any_rank=True, ranks=ranks)
     finally:
         distributed.close(ranks)
+
+
+def _load_datasets(exp: Experiment, config: RunConfig, ranks):
+    """``exp.load_datasets(config)``; under torchrun the first process of each node loads first
+    (it may fetch, check or set aside data files), then the others, and a failure stops every
+    process with its one line.
+
+    Raises:
+        UsageError: the data cannot be had (on every process).
+    """
+    if not ranks.active:
+        return exp.load_datasets(config)
+    error, sets = None, None
+    if ranks.local_rank == 0:
+        try:
+            sets = exp.load_datasets(config)
+        except UsageError as err:
+            error = err
+    distributed.agree(error)
+    return sets if ranks.local_rank == 0 else exp.load_datasets(config)
 
 
 def _stopped(exp: Experiment, run, what: str, command: list, status: int, any_rank: bool = False,

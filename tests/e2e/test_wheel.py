@@ -1,4 +1,5 @@
-"""The optimizers as an installable wheel (pyproject.toml): exactly the three optimizer modules.
+"""The optimizers as an installable wheel (pyproject.toml): exactly the pruning modules (Grad R,
+Deep R, their shared Adam part, STDS).
 
 The wheel is built offline (``--no-build-isolation``: the installed setuptools) from a copy
 of the repository, so that setuptools' ``build/`` and ``*.egg-info`` stay out of the
@@ -16,7 +17,7 @@ import pytest
 
 from helpers import REPO
 
-MODULES = {'gradrewire.py', 'deeprewire.py', 'rewiring_base.py'}
+MODULES = {'gradrewire.py', 'deeprewire.py', 'rewiring_base.py', 'stds.py'}
 NOT_COPIED = {'.git', 'data', '__pycache__', '.pytest_cache', 'build', 'dist', 'logs', 'models', 'runs'}
 
 # One Grad R step with the prior off (alpha = 0): u = sign * theta - lr * g / (|g| + eps).
@@ -71,7 +72,7 @@ def test_pytest_ini_stays_the_configuration(request):
     assert request.config.getini('testpaths') == ['tests']
 
 
-def test_the_wheel_holds_exactly_the_three_optimizer_modules(wheel):
+def test_the_wheel_holds_exactly_the_pruning_modules(wheel):
     assert wheel.name == 'gradrewire-0.1.0-py3-none-any.whl'
     with zipfile.ZipFile(wheel) as whl:
         names = whl.namelist()
@@ -80,7 +81,7 @@ def test_the_wheel_holds_exactly_the_three_optimizer_modules(wheel):
         for module in MODULES:
             assert whl.read(module) == (REPO / module).read_bytes()
         assert whl.read('gradrewire-0.1.0.dist-info/top_level.txt').decode().split() == [
-            'deeprewire', 'gradrewire', 'rewiring_base']
+            'deeprewire', 'gradrewire', 'rewiring_base', 'stds']
         metadata = whl.read('gradrewire-0.1.0.dist-info/METADATA').decode().splitlines()
     assert {'Name: gradrewire', 'Version: 0.1.0', 'Requires-Python: >=3.10',
             'Requires-Dist: torch>=2.0'} <= set(metadata)

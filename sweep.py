@@ -57,7 +57,7 @@ def method_flags() -> dict[str, list[str]]:
 
 def set_by_sweep() -> dict[str, str]:
     """Flags of the scripts that the grid sets, and the sweep option to use instead."""
-    flags = {'-m': '--methods', '-penalty': '--penalties', '--flat-width': '--flat-widths'}
+    flags = {'-m': '--methods', **{flag: option for flag, option in AXES.items() if flag != option}}
     for name, argv in method_flags().items():
         flags.update({switch: f'--methods {name}' for switch in argv[2:]})
     return flags

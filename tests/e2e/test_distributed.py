@@ -14,13 +14,14 @@ from c10.model import CIFAR10SNN
 from ddp_launch import syncbn_inputs, train_twice
 from engine import distributed
 from engine.distributed import Ranks
-from helpers import REPO, read_metrics, run_script
-from mnist import mnist
+from helpers import REPO, ensure_real_mnist, read_metrics, run_script
 from snn import StepwiseBatchNorm2d, StepwiseSyncBatchNorm2d, convert_sync_batchnorm, synapses
 
 LAUNCH = REPO / 'tests' / 'ddp_launch.py'
 MNIST = REPO / 'mnist' / 'mnist.py'
-FAST = ['--no-compile', '--device', 'cpu', '--test-size', '512']
+FAST = ['--no-compile', '--device', 'cpu', '--test-size', '512', '--threads', '1']
+"""``--threads 1``: under torchrun a process takes its share of the cores, not OMP_NUM_THREADS; beside
+the other pytest-xdist workers one thread each is the share."""
 
 
 def torchrun(script, *args, nproc=2, timeout=600):
@@ -31,9 +32,9 @@ def torchrun(script, *args, nproc=2, timeout=600):
                           cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-@pytest.fixture(scope='module', autouse=True)
+@pytest.fixture(autouse=True)
 def real_mnist():
-    mnist.ensure_mnist(REPO / 'data')
+    ensure_real_mnist()
 
 
 def _only_run(dump, kind):
@@ -126,7 +127,7 @@ def test_nan_stops_every_process_with_one_line(tmp_path):
 
 def test_cifar10_with_two_processes_and_sync_bn_trains_and_resumes(tmp_path):
     argv = ['-m', 'grad', '-s', '0.95', '-T', '2', '-b', '8', '-i2', '2', '--sync-bn',
-            '--no-compile', '--device', 'cpu', '--dump-dir', tmp_path]
+            '--no-compile', '--device', 'cpu', '--threads', '1', '--dump-dir', tmp_path]
     first = _ok(torchrun(LAUNCH, 'c10', *argv, '-N', '0'))
     assert first.stdout.count('epoch 0: test_acc') == 1
     again = _ok(torchrun(LAUNCH, 'c10', *argv, '-N', '1'))

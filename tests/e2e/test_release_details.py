@@ -15,7 +15,8 @@ from torch.utils.data import TensorDataset
 import engine
 from c10 import c10
 from engine.data import ReleasedPipeline, make_pipeline
-from helpers import REPO, config_for, read_metrics, run_script, stand_in, strip_times, tensorboard_tags
+from helpers import (REPO, config_for, ensure_real_mnist, read_metrics, run_script, stand_in, strip_times,
+                     tensorboard_tags)
 from mnist import mnist
 
 MNIST = REPO / 'mnist' / 'mnist.py'
@@ -28,7 +29,7 @@ def args_for(exp, *argv):
 
 @pytest.fixture(scope='module')
 def mnist_sets():
-    mnist.ensure_mnist(DATA)
+    ensure_real_mnist()
     return mnist.load_datasets(Namespace(dataset_dir=DATA))
 
 

@@ -15,6 +15,7 @@ from ddp_launch import syncbn_inputs, train_twice
 from engine import distributed
 from engine.distributed import Ranks
 from helpers import REPO, ensure_real_mnist, read_metrics, run_script
+from mnist import mnist
 from snn import StepwiseBatchNorm2d, StepwiseSyncBatchNorm2d, convert_sync_batchnorm, synapses
 
 LAUNCH = REPO / 'tests' / 'ddp_launch.py'
@@ -204,8 +205,10 @@ def test_one_process_changes_nothing(monkeypatch):
     assert distributed.broadcast_object({'a': 1}) == {'a': 1}
 
 
-def test_sigterm_stops_every_process_after_an_intact_checkpoint(tmp_path):
-    """SIGTERM to torchrun, which passes it on: rank 0 says one line, the run resumes."""
+def test_sigterm_stops_every_process_after_an_intact_checkpoint(tmp_path, capsys):
+    """SIGTERM to torchrun, which passes it on: rank 0 says one line, the run resumes (here
+    in this process: test_a_run_of_two_processes_resumes_with_one_... resumes one with one
+    process as the script; the checkpoint is what is checked here)."""
     argv = ['-m', 'grad', '-s', '0.95', '-N', '200', '--train-size', '1024', *FAST, '--dump-dir', tmp_path]
     env = {k: v for k, v in os.environ.items() if k not in ('WORLD_SIZE', 'RANK', 'LOCAL_RANK')}
     proc = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node',
@@ -222,5 +225,7 @@ def test_sigterm_stops_every_process_after_an_intact_checkpoint(tmp_path):
     assert proc.returncode != 0
     ours = [line for line in err.splitlines() if line.startswith('mnist.py:')]
     assert len(ours) == 1 and 'interrupted by SIGTERM' in ours[0], err
-    done = _ok(torchrun(MNIST, *argv[:4], '-N', '0', *argv[6:]))
-    assert 'epochs 0..' in done.stdout and 'are done; raise -N to train longer' in done.stdout
+    capsys.readouterr()
+    assert engine.main(mnist.EXPERIMENT, [str(a) for a in [*argv[:4], '-N', '0', *argv[6:]]]) == 0
+    out = capsys.readouterr().out
+    assert 'epochs 0..' in out and 'are done; raise -N to train longer' in out

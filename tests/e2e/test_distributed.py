@@ -53,6 +53,12 @@ def _ok(done):
     return done
 
 
+def one_process(*argv):
+    """The one-process reference run, ``engine.main`` of mnist.py in this process (the
+    script's own one-process runs are those of the other tests)."""
+    assert engine.main(mnist.EXPERIMENT, [str(a) for a in argv]) == 0
+
+
 METHODS = {'grad': ['-m', 'grad', '-s', '0.95'], 'deep': ['-m', 'deep', '-s', '0.95']}
 
 
@@ -60,7 +66,7 @@ METHODS = {'grad': ['-m', 'grad', '-s', '0.95'], 'deep': ['-m', 'deep', '-s', '0
 def test_first_step_of_two_processes_is_that_of_one(method, tmp_path):
     """-b 128 on 128 samples: exactly one step; the synapses agree per tensor."""
     argv = [*METHODS[method], '-N', '0', '--train-size', '128', *FAST]
-    _ok(run_script(MNIST, *argv, '--dump-dir', tmp_path / 'one'))
+    one_process(*argv, '--dump-dir', tmp_path / 'one')
     two = _ok(torchrun(MNIST, *argv, '--dump-dir', tmp_path / 'two'))
     assert two.stdout.count('epoch 0: test_acc') == 1             # rank 0's console line only
     one, two = _weights(tmp_path / 'one'), _weights(tmp_path / 'two')
@@ -73,7 +79,7 @@ def test_first_step_of_two_processes_is_that_of_one(method, tmp_path):
 @pytest.mark.parametrize('method', sorted(METHODS))
 def test_one_epoch_of_two_processes_is_that_of_one(method, tmp_path):
     argv = [*METHODS[method], '-N', '0', '--train-size', '2048', *FAST]
-    _ok(run_script(MNIST, *argv, '--dump-dir', tmp_path / 'one'))
+    one_process(*argv, '--dump-dir', tmp_path / 'one')
     _ok(torchrun(MNIST, *argv, '--dump-dir', tmp_path / 'two'))
     (one,), (two,) = (read_metrics(_only_run(tmp_path / d, 'logs')) for d in ('one', 'two'))
     assert (one['world_size'], two['world_size']) == (1, 2)

@@ -1,9 +1,11 @@
 """Shared helpers of the end-to-end and CLI tests."""
+import hashlib
 import io
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,21 @@ def need_cifar10_jpeg() -> Path:
     if os.environ.get('CI'):
         pytest.fail(f'{reason}; CI has it, so its absence is a failure', pytrace=False)
     pytest.skip(reason)
+
+
+MNIST_LOCK = Path(tempfile.gettempdir()) / f'gradrewire-mnist-{hashlib.md5(str(REPO).encode()).hexdigest()[:8]}.lock'
+"""The lock that one process at a time holds while it checks (or fetches) the real MNIST of
+this checkout's data/ folder: pytest-xdist workers (or two test sessions) would otherwise
+both fetch it, or take the other's half-written file for a damaged one and set it aside."""
+
+
+def ensure_real_mnist():
+    """``mnist.ensure_mnist(REPO / 'data')`` under :data:`MNIST_LOCK`; raises as that does."""
+    from filelock import FileLock
+
+    from mnist import mnist
+    with FileLock(MNIST_LOCK):
+        mnist.ensure_mnist(REPO / 'data')
 
 
 def run_script(script, *args, cwd=REPO, timeout=600):

@@ -4,8 +4,7 @@ import warnings
 import pytest
 
 import engine
-from engine.cli import REPO_ROOT
-from mnist.mnist import ensure_mnist
+from helpers import ensure_real_mnist
 
 
 @pytest.fixture(scope='session', autouse=True)
@@ -15,8 +14,10 @@ def real_mnist_on_disk():
     In a fresh clone the first script run downloads it and says so on stderr, which a test
     that expects exactly one line there (an interrupt, an error) would count. Offline, the
     tests that need real MNIST fail with the scripts' own message; the others still run.
+    Under pytest-xdist every worker runs this; a file lock lets one fetch while the others
+    wait, then find the files whole.
     """
     try:
-        ensure_mnist(REPO_ROOT / 'data')
+        ensure_real_mnist()
     except engine.UsageError as err:
         warnings.warn(f'real MNIST is not available: {err}')

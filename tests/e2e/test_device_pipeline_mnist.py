@@ -12,7 +12,7 @@ from torchvision.transforms import functional as TF
 
 from engine.augment import affine_nearest, affine_params, epoch_draws, normalise
 from engine.data import DevicePipeline, ReleasedPipeline, decode
-from helpers import REPO, config_for
+from helpers import REPO, config_for, ensure_real_mnist
 from mnist import mnist
 
 DATA = REPO / 'data'
@@ -24,7 +24,7 @@ def _args(*argv):
 
 @pytest.fixture(scope='module')
 def mnist_sets():
-    mnist.ensure_mnist(DATA)
+    ensure_real_mnist()
     return mnist.load_datasets(Namespace(dataset_dir=DATA))
 
 

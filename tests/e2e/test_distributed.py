@@ -14,13 +14,15 @@ from c10.model import CIFAR10SNN
 from ddp_launch import syncbn_inputs, train_twice
 from engine import distributed
 from engine.distributed import Ranks
-from helpers import REPO, read_metrics, run_script
+from helpers import REPO, ensure_real_mnist, read_metrics, run_script
 from mnist import mnist
 from snn import StepwiseBatchNorm2d, StepwiseSyncBatchNorm2d, convert_sync_batchnorm, synapses
 
 LAUNCH = REPO / 'tests' / 'ddp_launch.py'
 MNIST = REPO / 'mnist' / 'mnist.py'
-FAST = ['--no-compile', '--device', 'cpu', '--test-size', '512']
+FAST = ['--no-compile', '--device', 'cpu', '--test-size', '512', '--threads', '1']
+"""``--threads 1``: under torchrun a process takes its share of the cores, not OMP_NUM_THREADS; beside
+the other pytest-xdist workers one thread each is the share."""
 
 
 def torchrun(script, *args, nproc=2, timeout=600):
@@ -31,9 +33,9 @@ def torchrun(script, *args, nproc=2, timeout=600):
                           cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-@pytest.fixture(scope='module', autouse=True)
+@pytest.fixture(autouse=True)
 def real_mnist():
-    mnist.ensure_mnist(REPO / 'data')
+    ensure_real_mnist()
 
 
 def _only_run(dump, kind):
@@ -51,6 +53,12 @@ def _ok(done):
     return done
 
 
+def one_process(*argv):
+    """The one-process reference run, ``engine.main`` of mnist.py in this process (the
+    script's own one-process runs are those of the other tests)."""
+    assert engine.main(mnist.EXPERIMENT, [str(a) for a in argv]) == 0
+
+
 METHODS = {'grad': ['-m', 'grad', '-s', '0.95'], 'deep': ['-m', 'deep', '-s', '0.95']}
 
 
@@ -58,7 +66,7 @@ METHODS = {'grad': ['-m', 'grad', '-s', '0.95'], 'deep': ['-m', 'deep', '-s', '0
 def test_first_step_of_two_processes_is_that_of_one(method, tmp_path):
     """-b 128 on 128 samples: exactly one step; the synapses agree per tensor."""
     argv = [*METHODS[method], '-N', '0', '--train-size', '128', *FAST]
-    _ok(run_script(MNIST, *argv, '--dump-dir', tmp_path / 'one'))
+    one_process(*argv, '--dump-dir', tmp_path / 'one')
     two = _ok(torchrun(MNIST, *argv, '--dump-dir', tmp_path / 'two'))
     assert two.stdout.count('epoch 0: test_acc') == 1             # rank 0's console line only
     one, two = _weights(tmp_path / 'one'), _weights(tmp_path / 'two')
@@ -71,7 +79,7 @@ def test_first_step_of_two_processes_is_that_of_one(method, tmp_path):
 @pytest.mark.parametrize('method', sorted(METHODS))
 def test_one_epoch_of_two_processes_is_that_of_one(method, tmp_path):
     argv = [*METHODS[method], '-N', '0', '--train-size', '2048', *FAST]
-    _ok(run_script(MNIST, *argv, '--dump-dir', tmp_path / 'one'))
+    one_process(*argv, '--dump-dir', tmp_path / 'one')
     _ok(torchrun(MNIST, *argv, '--dump-dir', tmp_path / 'two'))
     (one,), (two,) = (read_metrics(_only_run(tmp_path / d, 'logs')) for d in ('one', 'two'))
     assert (one['world_size'], two['world_size']) == (1, 2)
@@ -126,7 +134,7 @@ def test_nan_stops_every_process_with_one_line(tmp_path):
 
 def test_cifar10_with_two_processes_and_sync_bn_trains_and_resumes(tmp_path):
     argv = ['-m', 'grad', '-s', '0.95', '-T', '2', '-b', '8', '-i2', '2', '--sync-bn',
-            '--no-compile', '--device', 'cpu', '--dump-dir', tmp_path]
+            '--no-compile', '--device', 'cpu', '--threads', '1', '--dump-dir', tmp_path]
     first = _ok(torchrun(LAUNCH, 'c10', *argv, '-N', '0'))
     assert first.stdout.count('epoch 0: test_acc') == 1
     again = _ok(torchrun(LAUNCH, 'c10', *argv, '-N', '1'))
@@ -203,8 +211,10 @@ def test_one_process_changes_nothing(monkeypatch):
     assert distributed.broadcast_object({'a': 1}) == {'a': 1}
 
 
-def test_sigterm_stops_every_process_after_an_intact_checkpoint(tmp_path):
-    """SIGTERM to torchrun, which passes it on: rank 0 says one line, the run resumes."""
+def test_sigterm_stops_every_process_after_an_intact_checkpoint(tmp_path, capsys):
+    """SIGTERM to torchrun, which passes it on: rank 0 says one line, the run resumes (here
+    in this process: test_a_run_of_two_processes_resumes_with_one_... resumes one with one
+    process as the script; the checkpoint is what is checked here)."""
     argv = ['-m', 'grad', '-s', '0.95', '-N', '200', '--train-size', '1024', *FAST, '--dump-dir', tmp_path]
     env = {k: v for k, v in os.environ.items() if k not in ('WORLD_SIZE', 'RANK', 'LOCAL_RANK')}
     proc = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node',
@@ -221,5 +231,7 @@ def test_sigterm_stops_every_process_after_an_intact_checkpoint(tmp_path):
     assert proc.returncode != 0
     ours = [line for line in err.splitlines() if line.startswith('mnist.py:')]
     assert len(ours) == 1 and 'interrupted by SIGTERM' in ours[0], err
-    done = _ok(torchrun(MNIST, *argv[:4], '-N', '0', *argv[6:]))
-    assert 'epochs 0..' in done.stdout and 'are done; raise -N to train longer' in done.stdout
+    capsys.readouterr()
+    assert engine.main(mnist.EXPERIMENT, [str(a) for a in [*argv[:4], '-N', '0', *argv[6:]]]) == 0
+    out = capsys.readouterr().out
+    assert 'epochs 0..' in out and 'are done; raise -N to train longer' in out

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+import engine
 from helpers import REPO, read_metrics, run_script, strip_times, tensorboard_tags
+from mnist import mnist
 
 MNIST = REPO / 'mnist' / 'mnist.py'
 # The default (device) data path, eager; test_released_pipeline_resumes_too checks the
@@ -21,6 +23,16 @@ def _train(dump, *extra):
     done = run_script(MNIST, '-m', 'grad', '-s', '0.95', '--dump-dir', dump, *SMALL, *extra)
     assert done.returncode == 0, done.stderr
     return done
+
+
+def _main(capsys, *argv):
+    """``engine.main`` of mnist.py in this process (what the script runs, without the ~3 s
+    of a new Python importing torch): its stdout; the exit status must be 0."""
+    capsys.readouterr()
+    status = engine.main(mnist.EXPERIMENT, [str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    return out
 
 
 @pytest.fixture(scope='module')
@@ -75,11 +87,13 @@ def test_checkpoints_are_state_dicts(grad_run):
     assert set(ckpt['rng']) >= {'python', 'numpy', 'torch'}
 
 
-def test_resume_gives_the_same_numbers(grad_run, tmp_path):
+def test_resume_gives_the_same_numbers(grad_run, tmp_path, capsys):
+    """Resumed in this process; the reference is the script's own run (grad_run)."""
     dump, _ = grad_run
-    _train(tmp_path, '-N', '0')                       # stop after epoch 0 ...
-    done = _train(tmp_path)                           # ... and start again: runs epoch 1 only
-    assert 'resuming' in done.stdout and 'at epoch 1' in done.stdout
+    argv = ['-m', 'grad', '-s', '0.95', '--dump-dir', tmp_path, *SMALL]
+    _main(capsys, *argv, '-N', '0')                   # stop after epoch 0 ...
+    out = _main(capsys, *argv)                        # ... and start again: runs epoch 1 only
+    assert 'resuming' in out and 'at epoch 1' in out
     assert read_metrics(tmp_path / 'logs' / NAME) == [
         {**r, 'train_seconds': pytest.approx(r['train_seconds'], abs=1e9),
          'test_seconds': pytest.approx(r['test_seconds'], abs=1e9)}
@@ -93,8 +107,7 @@ def test_resume_gives_the_same_numbers(grad_run, tmp_path):
     for i in theta_a:
         assert torch.equal(theta_a[i]['strength'], theta_b[i]['strength'])
     # Finished runs are not retrained.
-    again = _train(tmp_path)
-    assert 'are done' in again.stdout
+    assert 'are done' in _main(capsys, *argv)
     assert len(read_metrics(tmp_path / 'logs' / NAME)) == 2
 
 
@@ -135,9 +148,8 @@ def test_dash_test_prints_and_saves_firing_rates(grad_run):
     (['-m', 'deep', '-s', '0.95', '--deepr-regrowth', 'active'],
      'lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-deep-regrowth-active'),
     (['-m', 'no_prune'], 'lr-1e-3-b-128-T-8-no_prune')])
-def test_other_modes_train_and_log(tmp_path, mode, name):
-    done = run_script(MNIST, *mode, '--dump-dir', tmp_path, *SMALL, '-N', '0')
-    assert done.returncode == 0, done.stderr
+def test_other_modes_train_and_log(tmp_path, capsys, mode, name):
+    _main(capsys, *mode, '--dump-dir', tmp_path, *SMALL, '-N', '0')        # in this process
     log_dir = tmp_path / 'logs' / f'{name}-train-6000-test-1000'
     assert [p.name for p in (tmp_path / 'logs').iterdir()] == [log_dir.name]
     (record,) = read_metrics(log_dir)

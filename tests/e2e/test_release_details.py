@@ -15,7 +15,8 @@ from torch.utils.data import TensorDataset
 import engine
 from c10 import c10
 from engine.data import ReleasedPipeline, make_pipeline
-from helpers import REPO, config_for, read_metrics, run_script, stand_in, strip_times, tensorboard_tags
+from helpers import (REPO, config_for, ensure_real_mnist, read_metrics, run_script, stand_in, strip_times,
+                     tensorboard_tags)
 from mnist import mnist
 
 MNIST = REPO / 'mnist' / 'mnist.py'
@@ -28,7 +29,7 @@ def args_for(exp, *argv):
 
 @pytest.fixture(scope='module')
 def mnist_sets():
-    mnist.ensure_mnist(DATA)
+    ensure_real_mnist()
     return mnist.load_datasets(Namespace(dataset_dir=DATA))
 
 
@@ -183,9 +184,14 @@ def test_released_regrowth_never_trains_a_reactivated_synapse(deep_runs):
 
 
 def test_deep_r_resumes_through_a_checkpoint(deep_runs, tmp_path):
+    """Stopped and resumed in this process (engine.main, as the script runs it); the
+    reference is the script's own run."""
     _, (models, records) = deep_runs['released']
-    _deep_run(tmp_path, '-N', '0')
-    resumed_models, resumed = _deep_run(tmp_path)
+    argv = [*DEEP, '--dump-dir', str(tmp_path)]
+    assert engine.main(mnist.EXPERIMENT, [*argv, '-N', '0']) == 0
+    assert engine.main(mnist.EXPERIMENT, argv) == 0
+    (resumed_models,) = (tmp_path / 'models').iterdir()
+    resumed = read_metrics(tmp_path / 'logs' / resumed_models.name)
     assert strip_times(resumed) == strip_times(records)
     a, b = _weights(models / 'checkpoint.pt'), _weights(resumed_models / 'checkpoint.pt')
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,11 +1,10 @@
 """report.py on two tiny real MNIST runs (Grad R and no pruning), run.json, and bad input."""
 import csv
 import json
-import subprocess
-import sys
 
 import pytest
 
+import report
 from engine.runinfo import code_version
 from helpers import REPO, read_metrics, run_script
 
@@ -108,9 +107,11 @@ def test_default_out_and_unfinished_run_without_baseline(dump, tmp_path):
     (lambda p: p / 'missing', 'no such folder'),
     (lambda p: p, 'no runs'),
 ])
-def test_bad_input_one_line_exit_2(tmp_path, make, message):
-    done = subprocess.run([sys.executable, str(REPO / 'report.py'), str(make(tmp_path))],
-                          capture_output=True, text=True, cwd=REPO)
-    assert done.returncode == 2
-    assert len(done.stderr.strip().splitlines()) == 1 and message in done.stderr
+def test_bad_input_one_line_exit_2(tmp_path, capsys, make, message):
+    """``report.main`` in this process (the tests above run report.py as a user would)."""
+    capsys.readouterr()
+    assert report.main([str(make(tmp_path))]) == 2
+    out, err = capsys.readouterr()
+    assert len(err.strip().splitlines()) == 1 and message in err
+    assert out == ''
     assert not (tmp_path / 'report').exists()

@@ -19,12 +19,22 @@ def _commands(stdout):
     return [shlex.split(line) for line in stdout.splitlines()]
 
 
-def test_print_lists_the_grid_in_order():
-    done = run_script(SWEEP, 'mnist', '--methods', 'grad,soft,no_prune', '--penalties', '1e-4,5e-4',
-                      '-s', '0.95', '-N', '3', '--dump-dir', 'out dir', '--print')
-    assert done.returncode == 0, done.stderr
+def _sweep(capsys, *args):
+    """``sweep.main(args)`` in this process: ``(status, stdout, stderr)``. What the script
+    adds around it (``sys.exit`` of the status) is checked by the tests that run it as a
+    user would (test_too_many_jobs_..., test_failed_configuration_..., test_stopped_...)."""
+    capsys.readouterr()
+    status = sweep.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_print_lists_the_grid_in_order(capsys):
+    status, out, err = _sweep(capsys, 'mnist', '--methods', 'grad,soft,no_prune', '--penalties', '1e-4,5e-4',
+                              '-s', '0.95', '-N', '3', '--dump-dir', 'out dir', '--print')
+    assert status == 0, err
     tail = ['--dump-dir', 'out dir', '-N', '3']
-    assert _commands(done.stdout) == [
+    assert _commands(out) == [
         MNIST + ['-m', 'grad', '-penalty', '1e-4', '-s', '0.95'] + tail,
         MNIST + ['-m', 'grad', '-penalty', '5e-4', '-s', '0.95'] + tail,
         MNIST + ['-m', 'deep', '-soft', '-penalty', '1e-4', '-s', '0.95'] + tail,
@@ -36,11 +46,11 @@ def test_print_lists_the_grid_in_order():
     (0, ['-m', 'deep', '-penalty', '1e-3', '-s', '0.9']),
     (1, ['-m', 'deep', '-penalty', '1e-3', '-s', '0.95']),
     (2, ['-m', 'no_prune'])])
-def test_task_index_picks_one_configuration(index, expected):
-    done = run_script(SWEEP, 'c10', '--methods', 'deep,no_prune', '-s', '0.9,0.95', '-lr', '1e-4',
-                      '--task-index', index, '--print')
-    assert done.returncode == 0, done.stderr
-    assert _commands(done.stdout) == [[sys.executable, str(REPO / 'c10' / 'c10.py'), *expected, '-lr', '1e-4']]
+def test_task_index_picks_one_configuration(capsys, index, expected):
+    status, out, err = _sweep(capsys, 'c10', '--methods', 'deep,no_prune', '-s', '0.9,0.95', '-lr', '1e-4',
+                              '--task-index', index, '--print')
+    assert status == 0, err
+    assert _commands(out) == [[sys.executable, str(REPO / 'c10' / 'c10.py'), *expected, '-lr', '1e-4']]
 
 
 def test_gpu_workers_share_the_queue(capfd):
@@ -53,23 +63,27 @@ def test_gpu_workers_share_the_queue(capfd):
     assert all('failed with exit status 3' in line for line in failed)
 
 
-def test_stopped_sweep_resumes_and_reports(tmp_path):
-    """Run from outside the repository with a relative --dump-dir, as a user would; the sweep
-    stopped after its first configuration and halfway through its second."""
+def test_stopped_sweep_resumes_and_reports(tmp_path, monkeypatch, capfd):
+    """Run from outside the repository with a relative --dump-dir, as a user would (the
+    first time as the script, then ``sweep.main`` in this process, from the same folder;
+    the training runs are the sweep's own subprocesses either way); the sweep stopped after
+    its first configuration and halfway through its second."""
     grid = ['mnist', '--methods', 'no_prune,grad', '-s', '0.95', '--dump-dir', 'sweep out', *TINY, '-N', '1']
     first = run_script(SWEEP, *grid, '--task-index', '0', cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    half = run_script(SWEEP, *grid, '--task-index', '1', '-N', '0', cwd=tmp_path)    # epoch 0 of 0..1
-    assert half.returncode == 0, half.stderr
+    monkeypatch.chdir(tmp_path)
+    assert sweep.main([*grid, '--task-index', '1', '-N', '0']) == 0, capfd.readouterr()   # epoch 0 of 0..1
     dump = tmp_path / 'sweep out'
     assert not (dump / 'report').exists()                          # no report for one task
     plain = dump / 'logs' / 'lr-1e-3-b-128-T-8-no_prune-train-512-test-256'
     before = (plain / 'metrics.jsonl').read_text()
-    done = run_script(SWEEP, *grid, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert 'no_prune-train-512-test-256: epochs 0..1 are done' in done.stdout
+    capfd.readouterr()
+    status = sweep.main(grid)
+    out, err = capfd.readouterr()
+    assert status == 0, err
+    assert 'no_prune-train-512-test-256: epochs 0..1 are done' in out
     assert (plain / 'metrics.jsonl').read_text() == before         # not retrained
-    assert 'resuming lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-grad-train-512-test-256 at epoch 1' in done.stdout
+    assert 'resuming lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-grad-train-512-test-256 at epoch 1' in out
     grad = dump / 'logs' / 'lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-grad-train-512-test-256'
     assert [r['epoch'] for r in read_metrics(grad)] == [0, 1]
     assert len((dump / 'report' / 'results.csv').read_text().splitlines()) == 3
@@ -100,10 +114,10 @@ def test_failed_configuration_is_named(tmp_path):
     (['mnist', '-s', '0.9', '--gpus', '0', '--device', 'cpu'], '--device conflicts with --gpus'),
     (['mnist', '-s', '0.9', '--gpus', '0', '--print'], 'does not go with --print'),
 ])
-def test_bad_input_one_line_exit_2(args, message):
-    done = run_script(SWEEP, *args)
-    assert done.returncode == 2 and done.stdout == ''
-    assert len(done.stderr.splitlines()) == 1 and message in done.stderr
+def test_bad_input_one_line_exit_2(capsys, args, message):
+    status, out, err = _sweep(capsys, *args)
+    assert status == 2 and out == ''
+    assert len(err.splitlines()) == 1 and message in err
 
 
 # ---------------------------------------------------------------- --jobs: configurations at a time on the CPU

@@ -40,3 +40,17 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, words, capsys)
         assert word in lines[0], (word, lines[0])
     assert out == ''
     assert not dump.exists() and not data.exists()
+
+
+@pytest.mark.parametrize('flag', ['--dump-dir', '--dataset-dir'])
+def test_unusable_folders_are_one_line(tmp_path, flag, capsys):
+    a_file = tmp_path / 'notes.txt'
+    a_file.write_text('not a folder')
+    other = '--dataset-dir' if flag == '--dump-dir' else '--dump-dir'
+    for value, words in ((a_file / 'runs', ['is a file, not a folder']), ('', ['a folder path is needed'])):
+        assert main_status(['-m', 'grad', '-s', '0.95', flag, value, other, tmp_path / 'other']) == 2
+        out, err = capsys.readouterr()
+        (line,) = err.strip().splitlines()
+        assert line.startswith('mnist.py: error: ') and flag in line
+        assert all(w in line for w in words), line
+        assert out == '' and sorted(p.name for p in tmp_path.iterdir()) == ['notes.txt']

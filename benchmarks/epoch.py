@@ -122,7 +122,7 @@ def one(dataset: str, flags: list[str], device: str, c10_steps: int, c10_data: s
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--device', default=None, help='cpu or cuda (default: CUDA when available)')
-    p.add_argument('--only', nargs='*', default=None, help='configuration names to run (substrings)')
+    p.add_argument('--only', nargs='*', default=None, help='configurations to run: a full name selects that one alone, else every name containing it')
     p.add_argument('--c10-steps', type=int, default=300, help='CIFAR-10 training steps timed per epoch')
     p.add_argument('--c10-warmup-steps', type=int, default=None,
                    help='CIFAR-10 training steps of the warm-up epoch (default: --c10-steps)')
@@ -146,7 +146,8 @@ def main() -> None:
     jobs = [('mnist', name, flags + extra) for name, flags in MNIST_CONFIGS.items()]
     jobs += [('c10', name, flags + extra) for name, flags in C10_CONFIGS.items()]
     if a.only:
-        jobs = [j for j in jobs if any(s in j[1] for s in a.only)]
+        names = {j[1] for j in jobs}
+        jobs = [j for j in jobs if any(s == j[1] if s in names else s in j[1] for s in a.only)]
     elif not device.startswith('cuda'):         # CIFAR-10 on a CPU: only when asked by name
         jobs = [j for j in jobs if j[0] == 'mnist']
     machine = torch.cuda.get_device_name() if device.startswith('cuda') else f'{os.cpu_count()} CPU cores'

@@ -150,8 +150,7 @@ def _weights(path):
 
 @pytest.fixture(scope='module')
 def deep_runs(tmp_path_factory):
-    return {regrowth: (tmp_path_factory.mktemp(regrowth), _deep_run(tmp_path_factory.mktemp(regrowth),
-                                                                      '--deepr-regrowth', regrowth))
+    return {regrowth: _deep_run(tmp_path_factory.mktemp(regrowth), '--deepr-regrowth', regrowth)
             for regrowth in ('released', 'active')}
 
 
@@ -159,7 +158,7 @@ def test_deep_r_reaches_max_s_and_reactivates(deep_runs):
     """With max_s 0.05 the sparsity reaches max_s in the first epoch, so step 6 of hard
     Deep R reactivates synapses in both modes: the regrow counts of epoch 1 are nonzero
     and the sparsity stays near max_s."""
-    for regrowth, (_, (models, records)) in deep_runs.items():
+    for regrowth, (models, records) in deep_runs.items():
         for r in records:
             assert 0.04 < r['sparsity'] <= 0.06, (regrowth, r['sparsity'])
         regrown = sum(c['regrown'] for c in records[1]['prune_regrow'].values())
@@ -172,7 +171,7 @@ def test_released_regrowth_never_trains_a_reactivated_synapse(deep_runs):
     epoch 0. Active: reactivated synapses are trained, so new ones appear."""
     eps = 1e-8
     new_trained = {}
-    for regrowth, (_, (models, _)) in deep_runs.items():
+    for regrowth, (models, _) in deep_runs.items():
         w0, w1 = _weights(models / 'checkpoint-0.pt'), _weights(models / 'checkpoint-1.pt')
         new_trained[regrowth] = sum(int(((w1[k].abs() > 2 * eps) & (w0[k].abs() <= 2 * eps)).sum()) for k in w0)
         if regrowth == 'released':
@@ -186,7 +185,7 @@ def test_released_regrowth_never_trains_a_reactivated_synapse(deep_runs):
 def test_deep_r_resumes_through_a_checkpoint(deep_runs, tmp_path):
     """Stopped and resumed in this process (engine.main, as the script runs it); the
     reference is the script's own run."""
-    _, (models, records) = deep_runs['released']
+    models, records = deep_runs['released']
     argv = [*DEEP, '--dump-dir', str(tmp_path)]
     assert engine.main(mnist.EXPERIMENT, [*argv, '-N', '0']) == 0
     assert engine.main(mnist.EXPERIMENT, argv) == 0

@@ -40,7 +40,7 @@ from pathlib import Path
 from engine.methods import METHODS, sci
 
 PROG = 'report.py'
-BASE_COLUMNS = ['run', 'dataset', 'method', 'penalty', 's', 'T', 'epochs_done', 'training_done',
+BASE_COLUMNS = ['run', 'dataset', 'method', 'setting', 'penalty', 's', 'T', 'epochs_done', 'training_done',
                 'final_acc_pct', 'best_acc_pct', 'connectivity_pct']
 TAIL_COLUMNS = ['synapses_kept', 'acc_loss_pp', 'sops_per_image']
 SUMMARY_COLUMNS = ['dataset', 'method', 'setting', 'T', 'n', 'seeds', 'epochs_done', 'training_done',

@@ -51,11 +51,12 @@ def test_report_numbers_are_the_last_records(dump, tmp_path):
         rows = {row['run']: row for row in csv.DictReader(f)}
     with open(tmp_path / 'results.csv') as f:
         header = next(csv.reader(f))
-    assert header == ['run', 'dataset', 'method', 'penalty', 's', 'T', 'epochs_done', 'training_done',
+    assert header == ['run', 'dataset', 'method', 'setting', 'penalty', 's', 'T', 'epochs_done', 'training_done',
                       'final_acc_pct', 'best_acc_pct', 'connectivity_pct',
                       'connectivity_pct:fc.1.weight', 'connectivity_pct:static_fc.1.weight',
                       'synapses_kept', 'acc_loss_pp', 'sops_per_image']
     assert set(rows) == {GRAD, PLAIN}
+    assert (rows[GRAD]['setting'], rows[PLAIN]['setting']) == ('penalty 1e-3, s 0.95', '')
     last = {name: read_metrics(dump / 'logs' / name)[-1] for name in rows}
     for name, row in rows.items():
         record = last[name]

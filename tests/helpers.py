@@ -36,13 +36,25 @@ this checkout's data/ folder: pytest-xdist workers (or two test sessions) would 
 both fetch it, or take the other's half-written file for a damaged one and set it aside."""
 
 
+_MNIST_FAILURE = []
+"""The error of this process's first failed fetch: later calls raise it again at once
+instead of trying every mirror again (offline, once per test)."""
+
+
 def ensure_real_mnist():
-    """``mnist.ensure_mnist(REPO / 'data')`` under :data:`MNIST_LOCK`; raises as that does."""
+    """``mnist.ensure_mnist(REPO / 'data')`` under :data:`MNIST_LOCK`; raises as that does
+    (after a failure, the same error again without a new attempt)."""
     from filelock import FileLock
 
     from mnist import mnist
+    if _MNIST_FAILURE:
+        raise _MNIST_FAILURE[0]
     with FileLock(MNIST_LOCK):
-        mnist.ensure_mnist(REPO / 'data')
+        try:
+            mnist.ensure_mnist(REPO / 'data')
+        except Exception as err:
+            _MNIST_FAILURE.append(err)
+            raise
 
 
 def run_script(script, *args, cwd=REPO, timeout=600):

@@ -42,7 +42,7 @@ from engine.methods import METHODS, sci
 PROG = 'report.py'
 BASE_COLUMNS = ['run', 'dataset', 'method', 'setting', 'penalty', 's', 'T', 'epochs_done', 'training_done',
                 'final_acc_pct', 'best_acc_pct', 'connectivity_pct']
-TAIL_COLUMNS = ['synapses_kept', 'acc_loss_pp', 'sops_per_image']
+TAIL_COLUMNS = ['synapses_kept', 'acc_loss_pp', 'sops_per_image', 'sops_epoch']
 SUMMARY_COLUMNS = ['dataset', 'method', 'setting', 'T', 'n', 'seeds', 'epochs_done', 'training_done',
                    'final_acc_mean', 'final_acc_sd', 'best_acc_mean', 'best_acc_sd',
                    'connectivity_mean', 'connectivity_sd', 'acc_loss_pp', 'sops_per_image']
@@ -133,6 +133,7 @@ def summarize(run: dict) -> dict:
             'connectivity_pct': _connectivity(last.get('sparsity')),
             'layers': layers, 'synapses_kept': kept, 'acc_loss_pp': None,
             'sops_per_image': with_sops[-1]['sops'].get('total') if with_sops else None,
+            'sops_epoch': with_sops[-1]['epoch'] if with_sops else None,
             'started': info.get('started', ''),
             'setting': setting(info), 'seed': flags.get('seed'),
             'group': (info['dataset'], re.sub(r'-seed-\d+', '', info['run']))}
@@ -216,7 +217,11 @@ def summarize_groups(rows: list[dict]) -> list[dict]:
         base = baselines.get((first['dataset'], first['T']))
         summary['acc_loss_pp'] = (None if base is None or summary['final_acc_mean'] is None
                                   else base - summary['final_acc_mean'])
-        summary['sops_per_image'] = _mean_sd([m['sops_per_image'] for m in members])[0]
+        # SOPs are recorded every -i1 epochs: only those of a run's last epoch describe the
+        # network whose accuracy and connectivity the row reports
+        summary['sops_per_image'] = _mean_sd([m['sops_per_image'] for m in members
+                                              if m['sops_epoch'] is not None
+                                              and m['sops_epoch'] == m['epochs_done'] - 1])[0]
         out.append(summary)
     return out
 

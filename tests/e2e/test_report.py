@@ -54,7 +54,7 @@ def test_report_numbers_are_the_last_records(dump, tmp_path):
     assert header == ['run', 'dataset', 'method', 'setting', 'penalty', 's', 'T', 'epochs_done', 'training_done',
                       'final_acc_pct', 'best_acc_pct', 'connectivity_pct',
                       'connectivity_pct:fc.1.weight', 'connectivity_pct:static_fc.1.weight',
-                      'synapses_kept', 'acc_loss_pp', 'sops_per_image']
+                      'synapses_kept', 'acc_loss_pp', 'sops_per_image', 'sops_epoch']
     assert set(rows) == {GRAD, PLAIN}
     assert (rows[GRAD]['setting'], rows[PLAIN]['setting']) == ('penalty 1e-3, s 0.95', '')
     last = {name: read_metrics(dump / 'logs' / name)[-1] for name in rows}
@@ -72,6 +72,7 @@ def test_report_numbers_are_the_last_records(dump, tmp_path):
             kept += size * connectivity / 100
         assert int(row['synapses_kept']) == round(kept)
         assert float(row['sops_per_image']) == pytest.approx(record['sops']['total'])
+        assert row['sops_epoch'] == str(record['epoch'])
     grad, plain = rows[GRAD], rows[PLAIN]
     assert (grad['method'], grad['penalty'], grad['s']) == ('grad', '0.001', '0.95')
     assert (plain['method'], plain['penalty'], plain['s']) == ('no_prune', '', '')

@@ -80,3 +80,26 @@ def test_a_setting_names_the_methods_own_flags_that_differ_from_their_defaults()
     assert report.setting({'method': 'deep', 'flags': flags}) == 'penalty 1e-3, s 0.9, deepr-regrowth active'
     flags = {'penalty': 1e-3, 's': 0.9, 'soft': True, 'deepr_regrowth': 'released'}
     assert report.setting({'method': 'soft_deep', 'flags': flags}) == 'penalty 1e-3, s 0.9'
+
+
+def test_sops_are_reported_with_their_epoch_and_summarised_only_from_the_last_epoch(tmp_path):
+    """SOPs are recorded every -i1 epochs: a run whose last epoch has none shows its latest
+    SOPs with their epoch, and its setting's summary leaves SOPs blank; a run with SOPs at its
+    last epoch is summarised with them."""
+    root = tmp_path / 'mnist'
+    for name, sops in (('lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-grad', {0: 9000.0, 2: 5000.0}),
+                       ('lr-1e-3-b-128-T-8-penalty-5e-4-s-0.95-grad', {0: 9500.0})):
+        _run(root / name, name, 'grad', {'penalty': 1e-3 if '1e-3-s' in name else 5e-4, 's': 0.95},
+             [0.9, 0.95, 0.97], 0.5)
+        lines = [json.loads(line) for line in (root / name / 'metrics.jsonl').read_text().splitlines()]
+        for epoch, total in sops.items():
+            lines[epoch]['sops'] = {'total': total}
+        (root / name / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in lines))
+    assert report.main([str(root), '--out', str(tmp_path / 'out')]) == 0
+    per_run = {r['run']: r for r in csv.DictReader(open(tmp_path / 'out' / 'results.csv'))}
+    assert (per_run['lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-grad']['sops_per_image'],
+            per_run['lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-grad']['sops_epoch']) == ('5000.0', '2')
+    assert (per_run['lr-1e-3-b-128-T-8-penalty-5e-4-s-0.95-grad']['sops_per_image'],
+            per_run['lr-1e-3-b-128-T-8-penalty-5e-4-s-0.95-grad']['sops_epoch']) == ('9500.0', '0')
+    summary = {r['setting']: r['sops_per_image'] for r in csv.DictReader(open(tmp_path / 'out' / 'summary.csv'))}
+    assert summary == {'penalty 1e-3, s 0.95': '5000.0', 'penalty 5e-4, s 0.95': ''}

@@ -79,16 +79,21 @@ def _items(option: str, text: str) -> list[str]:
     return list(dict.fromkeys(items))                    # in order, each once
 
 
-def _numbers(option: str, text: str, low: float, high: float) -> list[str]:
-    """Comma-separated numbers in [low, high], kept as written (the scripts parse them)."""
+def _numbers(option: str, text: str, low: float, high: float, above_low: bool = False) -> list[str]:
+    """Comma-separated numbers in [low, high] (in (low, high] with ``above_low``), kept as
+    written (the scripts parse them).
+
+    Raises:
+        SweepError: an item that is not a finite number in that range.
+    """
     items = _items(option, text)
     for item in items:
         try:
             value = float(item)
         except ValueError:
             raise SweepError(f'{option}: {item!r} is not a number') from None
-        if not (math.isfinite(value) and low <= value <= high):
-            raise SweepError(f'{option}: {item} is outside [{low:g}, {high:g}]')
+        if not (math.isfinite(value) and (low < value if above_low else low <= value) and value <= high):
+            raise SweepError(f'{option}: {item} is outside {"(" if above_low else "["}{low:g}, {high:g}]')
     return items
 
 
@@ -132,9 +137,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     with_s = [m for m in args.methods if '-s' in _grid(m)]
     if args.s is None and with_s:
         raise SweepError(f'-s (target sparsity) is required with {", ".join(with_s)}')
-    args.flat_widths = None if args.flat_widths is None else _numbers('--flat-widths', args.flat_widths, 0, math.inf)
-    if args.flat_widths is not None and any(float(w) <= 0 for w in args.flat_widths):
-        raise SweepError(f'--flat-widths: every width D must be > 0, got {",".join(args.flat_widths)}')
+    args.flat_widths = (None if args.flat_widths is None
+                        else _numbers('--flat-widths', args.flat_widths, 0, math.inf, above_low=True))
     _check_own_flags(args.methods, passed_on)
     with_width = [m for m in args.methods if '--flat-width' in _grid(m)]
     if args.flat_widths is None and with_width:

@@ -113,11 +113,25 @@ def test_failed_configuration_is_named(tmp_path):
     (['mnist', '-s', '0.9', '--gpus', '0,x'], '--gpus: not a comma list'),
     (['mnist', '-s', '0.9', '--gpus', '0', '--device', 'cpu'], '--device conflicts with --gpus'),
     (['mnist', '-s', '0.9', '--gpus', '0', '--print'], 'does not go with --print'),
+    (['mnist', '--methods', 'stds', '--flat-widths', '0.5,0'], '--flat-widths: 0 is outside (0, inf]'),
+    (['mnist', '--methods', 'stds', '--flat-widths', '-1'], '--flat-widths: -1 is outside (0, inf]'),
+    (['mnist', '--methods', 'stds'], '--flat-widths (final dead-zone widths D) is required with stds'),
+    (['mnist', '--methods', 'grad,stds', '-s', '0.9', '--flat-widths', '1', '--stds-gradient', 'st'],
+     '--stds-gradient is passed to every configuration, but grad does not take it'),
 ])
 def test_bad_input_one_line_exit_2(capsys, args, message):
     status, out, err = _sweep(capsys, *args)
     assert status == 2 and out == ''
     assert len(err.splitlines()) == 1 and message in err
+
+
+def test_stds_widths_are_a_grid_axis(capsys):
+    """--flat-widths is STDS's axis; its own flags pass on to each of its configurations."""
+    status, out, err = _sweep(capsys, 'mnist', '--methods', 'stds', '--flat-widths', '0.2,1.6',
+                              '--stds-gradient', 'st', '--print')
+    assert status == 0, err
+    assert [line.split('mnist.py ', 1)[1] for line in out.splitlines()] == [
+        '-m stds --flat-width 0.2 --stds-gradient st', '-m stds --flat-width 1.6 --stds-gradient st']
 
 
 # ---------------------------------------------------------------- --jobs: configurations at a time on the CPU

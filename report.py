@@ -149,8 +149,9 @@ def setting(info: dict) -> str:
     flags that differ from their defaults, e.g. ``'penalty 1e-3, s 0.95'`` or
     ``'flat-width 0.5, stds-gradient st'``; ``''`` for a method without any."""
     method = METHODS.get(info['method'])
+    grid = _grid(method)
     words = []
-    for flag in _grid(method):
+    for flag in grid:
         value = info['flags'].get(flag.lstrip('-').replace('-', '_'))
         if value is not None:
             text = sci(value) if isinstance(value, float) and 0 < abs(value) < 0.01 else f'{value:g}'
@@ -158,7 +159,7 @@ def setting(info: dict) -> str:
     switches = set(method.argv[2:]) if method is not None else set()
     for option in (method.options if method is not None else ()):
         value = info['flags'].get(option.dest)
-        if option.flags[0] not in switches and option.flags[0] not in _grid(method) and \
+        if option.flags[0] not in switches and option.flags[0] not in grid and \
                 value is not None and value != option.kwargs.get('default', False):
             words.append(f'{option.flags[0].lstrip("-")} {value}')
     return ', '.join(words)

@@ -63,6 +63,15 @@ def run_script(script, *args, cwd=REPO, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def mnist_main(*argv, datasets=None) -> int:
+    """``engine.main`` of mnist.py in this process, as the script runs it but without the
+    seconds of a new Python importing torch; ``argv`` items may be paths or numbers.
+    Returns the exit status (argparse's own errors raise SystemExit)."""
+    import engine
+    from mnist import mnist
+    return engine.main(mnist.EXPERIMENT, [str(a) for a in argv], datasets=datasets)
+
+
 def config_for(exp, *argv):
     """The :class:`engine.config.RunConfig` of ``argv`` for experiment ``exp``, checked as
     ``engine.main`` checks it (one process)."""

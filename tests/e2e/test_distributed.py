@@ -14,8 +14,7 @@ from c10.model import CIFAR10SNN
 from ddp_launch import syncbn_inputs, train_twice
 from engine import distributed
 from engine.distributed import Ranks
-from helpers import REPO, ensure_real_mnist, read_metrics, run_script
-from mnist import mnist
+from helpers import REPO, ensure_real_mnist, mnist_main, read_metrics, run_script
 from snn import StepwiseBatchNorm2d, StepwiseSyncBatchNorm2d, convert_sync_batchnorm, synapses
 
 LAUNCH = REPO / 'tests' / 'ddp_launch.py'
@@ -56,7 +55,7 @@ def _ok(done):
 def one_process(*argv):
     """The one-process reference run, ``engine.main`` of mnist.py in this process (the
     script's own one-process runs are those of the other tests)."""
-    assert engine.main(mnist.EXPERIMENT, [str(a) for a in argv]) == 0
+    assert mnist_main(*argv) == 0
 
 
 METHODS = {'grad': ['-m', 'grad', '-s', '0.95'], 'deep': ['-m', 'deep', '-s', '0.95']}
@@ -232,6 +231,6 @@ def test_sigterm_stops_every_process_after_an_intact_checkpoint(tmp_path, capsys
     ours = [line for line in err.splitlines() if line.startswith('mnist.py:')]
     assert len(ours) == 1 and 'interrupted by SIGTERM' in ours[0], err
     capsys.readouterr()
-    assert engine.main(mnist.EXPERIMENT, [str(a) for a in [*argv[:4], '-N', '0', *argv[6:]]]) == 0
+    assert mnist_main(*argv[:4], '-N', '0', *argv[6:]) == 0
     out = capsys.readouterr().out
     assert 'epochs 0..' in out and 'are done; raise -N to train longer' in out

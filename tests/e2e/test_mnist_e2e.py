@@ -7,9 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import engine
-from helpers import REPO, read_metrics, run_script, strip_times, tensorboard_tags
-from mnist import mnist
+from helpers import REPO, mnist_main, read_metrics, run_script, strip_times, tensorboard_tags
 
 MNIST = REPO / 'mnist' / 'mnist.py'
 # The default (device) data path, eager; test_released_pipeline_resumes_too checks the
@@ -29,7 +27,7 @@ def _main(capsys, *argv):
     """``engine.main`` of mnist.py in this process (what the script runs, without the ~3 s
     of a new Python importing torch): its stdout; the exit status must be 0."""
     capsys.readouterr()
-    status = engine.main(mnist.EXPERIMENT, [str(a) for a in argv])
+    status = mnist_main(*argv)
     out, err = capsys.readouterr()
     assert status == 0, err
     return out

@@ -2,14 +2,13 @@
 written; checked in-process (tests/e2e/test_cli.py runs the real script)."""
 import pytest
 
-import engine
-from mnist import mnist
+from helpers import mnist_main
 
 
 def main_status(argv) -> int:
     """``engine.main`` on MNIST as the script runs it; argparse's own errors exit."""
     try:
-        return engine.main(mnist.EXPERIMENT, [str(a) for a in argv])
+        return mnist_main(*argv)
     except SystemExit as stop:
         return stop.code
 

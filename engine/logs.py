@@ -5,6 +5,8 @@ Tags and their meaning: ``docs/method.md``, "Logging".
 """
 from __future__ import annotations
 
+import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +104,14 @@ def resumed_writer(log_dir, epoch: int, kept: list[dict]) -> SummaryWriter:
     finished epochs at steps >= ``epoch``, which the purge also removes, are written again
     from ``metrics.jsonl``. Afterwards every per-epoch tag has one point per finished epoch
     and no ``train/*`` point of a finished epoch is lost.
+
+    TensorBoard reads a folder's event files in name order, and a name starts with the second
+    it was opened in, then host, pid and a counter compared as text. So the new file is opened
+    in a later second than every file already there (a wait under 1 s, only for a resume in
+    the same second, as in-process tests do); otherwise it could be read before the file it
+    purges, and the purge would drop the points written after it.
     """
+    _after_last_event_file(Path(log_dir))
     writer = SummaryWriter(str(log_dir), purge_step=epoch)
     for record in kept:
         for step, acc, loss in record.get('train', []):
@@ -110,6 +119,15 @@ def resumed_writer(log_dir, epoch: int, kept: list[dict]) -> SummaryWriter:
                 writer.add_scalar('train/acc', acc, step)
                 writer.add_scalar('train/loss', loss, step)
     return writer
+
+
+def _after_last_event_file(log_dir: Path) -> None:
+    """Sleep until the clock's whole second is past that of every event file in ``log_dir``
+    (``events.out.tfevents.<second>.…``)."""
+    seconds = [int(m.group(1)) for f in log_dir.glob('events.out.tfevents.*')
+               if (m := re.match(r'events\.out\.tfevents\.(\d+)\.', f.name))]
+    if seconds and time.time() < max(seconds) + 1:
+        time.sleep(max(seconds) + 1 - time.time())
 
 
 class NullWriter:

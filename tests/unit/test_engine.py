@@ -146,3 +146,27 @@ def test_threads_follow_omp_num_threads_unless_given(omp, given, expected, monke
     else:
         monkeypatch.setenv('OMP_NUM_THREADS', omp)
     assert engine.cli.choose_threads('device', None, given, Ranks()) == (0, expected)
+
+
+def test_resumed_writer_opens_a_file_that_tensorboard_reads_after_the_earlier_ones(tmp_path):
+    """An earlier event file named one second ahead of the clock (as a crashed run's file is
+    when the resume comes within its second, or after a clock step back): the resumed
+    writer's file must sort after it, or TensorBoard reads it first and its purge at step 1
+    then drops the epoch-2 point."""
+    from helpers import tensorboard_tags
+    import time
+    first = engine.logs.SummaryWriter(str(tmp_path))
+    first.add_scalar('test/acc', 0.5, 0)
+    first.add_scalar('test/acc', 0.6, 1)
+    first.close()
+    (old,) = tmp_path.glob('events.out.tfevents.*')
+    ahead = f'events.out.tfevents.{int(time.time()) + 1:010d}.zzzz.1.9'   # last of its second
+    old.rename(tmp_path / ahead)
+    writer = engine.logs.resumed_writer(tmp_path, 1, kept=[{'epoch': 0, 'train': []}])
+    writer.add_scalar('test/acc', 0.7, 1)
+    writer.add_scalar('test/acc', 0.8, 2)
+    writer.close()
+    names = sorted(p.name for p in tmp_path.glob('events.out.tfevents.*'))
+    assert len(names) == 2 and names[0] == ahead
+    acc, _ = tensorboard_tags(tmp_path)
+    assert [(e.step, round(e.value, 6)) for e in acc.Scalars('test/acc')] == [(0, 0.5), (1, 0.7), (2, 0.8)]

@@ -108,7 +108,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument('dataset', choices=sorted(SCRIPTS), help='mnist or c10')
     p.add_argument('--methods', default=','.join(m.sweep for m in METHODS.values() if m.comparison),
                    help=f'comma list of {", ".join(method_flags())}')
-    p.add_argument('--penalties', default='1e-3', help='comma list of -penalty values (>= 0)')
+    p.add_argument('--penalties', default=None, help='comma list of -penalty values (>= 0; default 1e-3)')
     p.add_argument('-s', default=None, help='comma list of target sparsities (-s of the scripts)')
     p.add_argument('--flat-widths', default=None,
                    help='comma list of --flat-width values (D > 0) for the methods that take it (stds)')
@@ -132,7 +132,12 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     unknown = [m for m in args.methods if m not in known]
     if unknown:
         raise SweepError(f'--methods: unknown method {unknown[0]!r}; choose from {", ".join(known)}')
-    args.penalties = _numbers('--penalties', args.penalties, 0, math.inf)
+    for flag, option in AXES.items():
+        takers = [m for m in known if flag in _grid(m)]
+        if getattr(args, _dest(option)) is not None and not any(flag in _grid(m) for m in args.methods):
+            raise SweepError(f'{option}: no method in --methods {",".join(args.methods)} takes {flag} '
+                             f'(methods that do: {", ".join(takers)})')
+    args.penalties = _numbers('--penalties', args.penalties or '1e-3', 0, math.inf)
     args.s = None if args.s is None else _numbers('-s', args.s, 0, 1)
     with_s = [m for m in args.methods if '-s' in _grid(m)]
     if args.s is None and with_s:
@@ -221,6 +226,11 @@ def _check_own_flags(names: list[str], passed_on: list[str]) -> None:
         if strangers:
             raise SweepError(f'{flag} is passed to every configuration, but {", ".join(strangers)} '
                              f'does not take it; sweep {", ".join(m.sweep for m in owners)} apart')
+
+
+def _dest(option: str) -> str:
+    """The attribute argparse stores ``option`` under ('--flat-widths' -> 'flat_widths')."""
+    return option.lstrip('-').replace('-', '_')
 
 
 def _grid(name: str) -> tuple[str, ...]:

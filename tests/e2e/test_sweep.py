@@ -118,6 +118,12 @@ def test_failed_configuration_is_named(tmp_path):
     (['mnist', '--methods', 'stds'], '--flat-widths (final dead-zone widths D) is required with stds'),
     (['mnist', '--methods', 'grad,stds', '-s', '0.9', '--flat-widths', '1', '--stds-gradient', 'st'],
      '--stds-gradient is passed to every configuration, but grad does not take it'),
+    (['mnist', '--methods', 'grad,deep', '-s', '0.9', '--flat-widths', '0.2'],
+     '--flat-widths: no method in --methods grad,deep takes --flat-width (methods that do: stds)'),
+    (['mnist', '--methods', 'no_prune', '-s', '0.9'],
+     '-s: no method in --methods no_prune takes -s (methods that do: grad, deep, soft)'),
+    (['mnist', '--methods', 'stds', '--flat-widths', '1', '--penalties', '1e-2'],
+     '--penalties: no method in --methods stds takes -penalty (methods that do: grad, deep, soft)'),
 ])
 def test_bad_input_one_line_exit_2(capsys, args, message):
     status, out, err = _sweep(capsys, *args)

@@ -73,7 +73,7 @@ def main(exp: Experiment, argv: Sequence[str] | None = None, datasets=None) -> i
     usage error (2); processes whose weights differ after an epoch stop with 1.
     """
     args = build_parser(exp).parse_args(argv)
-    command = [exp.prog, *(sys.argv[1:] if argv is None else argv)]
+    command = [exp.prog, *argv] if argv is not None else ['python', sys.argv[0], *sys.argv[1:]]
     ranks = distributed.Ranks.from_env()
     run = config = None
     try:

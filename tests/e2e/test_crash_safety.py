@@ -533,7 +533,7 @@ def test_a_worker_killed_on_its_own_stops_the_run_with_status_1(tmp_path):
     assert how in ('Killed', 'exited unexpectedly'), line
     assert line == (f'mnist.py: a data-loader worker died ({how}); the last good checkpoint is '
                     f'{folder / "checkpoint.pt"} (epoch {epoch}); to resume, run the same command again: '
-                    f'mnist.py ' + ' '.join(argv))
+                    f'python {MNIST} ' + ' '.join(argv))                     # as typed: python, the path
 
 
 def test_sigkill_at_fixed_moments_resumes_to_the_same_result(tmp_path, monkeypatch):

@@ -146,8 +146,9 @@ def _grid(method) -> tuple[str, ...]:
 
 def setting(info: dict) -> str:
     """A run's setting in words: the flags its method varies (``Method.grid``), then its own
-    flags that differ from their defaults, e.g. ``'penalty 1e-3, s 0.95'`` or
-    ``'flat-width 0.5, stds-gradient st'``; ``''`` for a method without any."""
+    flags that differ from their defaults, then ``--train-size`` / ``--test-size`` if given,
+    e.g. ``'penalty 1e-3, s 0.95'``, ``'flat-width 0.5, stds-gradient st'`` or
+    ``'penalty 1e-3, s 0.95, train-size 1024'``; ``''`` for a method without any."""
     method = METHODS.get(info['method'])
     grid = _grid(method)
     words = []
@@ -162,6 +163,9 @@ def setting(info: dict) -> str:
         if option.flags[0] not in switches and option.flags[0] not in grid and \
                 value is not None and value != option.kwargs.get('default', False):
             words.append(f'{option.flags[0].lstrip("-")} {value}')
+    for flag in ('train_size', 'test_size'):                   # a subset of the data set
+        if info['flags'].get(flag) is not None:
+            words.append(f'{flag.replace("_", "-")} {info["flags"][flag]}')
     return ', '.join(words)
 
 

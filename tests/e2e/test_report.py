@@ -56,7 +56,8 @@ def test_report_numbers_are_the_last_records(dump, tmp_path):
                       'connectivity_pct:fc.1.weight', 'connectivity_pct:static_fc.1.weight',
                       'synapses_kept', 'acc_loss_pp', 'sops_per_image', 'sops_epoch']
     assert set(rows) == {GRAD, PLAIN}
-    assert (rows[GRAD]['setting'], rows[PLAIN]['setting']) == ('penalty 1e-3, s 0.95', '')
+    assert (rows[GRAD]['setting'], rows[PLAIN]['setting']) == ('penalty 1e-3, s 0.95, train-size 512, test-size 256',
+                                                               'train-size 512, test-size 256')
     last = {name: read_metrics(dump / 'logs' / name)[-1] for name in rows}
     for name, row in rows.items():
         record = last[name]

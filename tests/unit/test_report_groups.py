@@ -80,6 +80,9 @@ def test_a_setting_names_the_methods_own_flags_that_differ_from_their_defaults()
     assert report.setting({'method': 'deep', 'flags': flags}) == 'penalty 1e-3, s 0.9, deepr-regrowth active'
     flags = {'penalty': 1e-3, 's': 0.9, 'soft': True, 'deepr_regrowth': 'released'}
     assert report.setting({'method': 'soft_deep', 'flags': flags}) == 'penalty 1e-3, s 0.9'
+    flags = {'penalty': 1e-3, 's': 0.95, 'train_size': 1024, 'test_size': None}
+    assert report.setting({'method': 'grad', 'flags': flags}) == 'penalty 1e-3, s 0.95, train-size 1024'
+    assert report.setting({'method': 'no_prune', 'flags': {'test_size': 256}}) == 'test-size 256'
 
 
 def test_sops_are_reported_with_their_epoch_and_summarised_only_from_the_last_epoch(tmp_path):

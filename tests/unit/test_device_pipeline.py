@@ -109,9 +109,10 @@ def test_amp_keeps_float32_state_where_bfloat16_is_native(tmp_path):
         # The CPU here has no bfloat16: run the same bookkeeping under a CPU autocast anyway
         # through the loop, which autocast supports on any CPU (only slower).
         from engine.loop import train_epoch
+        from gradrewire import GradRewiring
         from mnist.model import MNISTSNN
         model = MNISTSNN(T=2)
-        opt = {'synapse': engine.optimizers.GradRewiring(list(model.parameters()), alpha=1e-3, s=0.9)}
+        opt = {'synapse': GradRewiring(list(model.parameters()), alpha=1e-3, s=0.9)}
         batches = [(torch.randn(8, 1, 28, 28), torch.arange(8))]
         train_epoch(model, opt, batches, 10, 0, 1, lambda *a: None, amp=True)
         state = opt['synapse'].state[model.static_fc[1].weight]

@@ -155,7 +155,7 @@ def setting(info: dict) -> str:
     for flag in grid:
         value = info['flags'].get(flag.lstrip('-').replace('-', '_'))
         if value is not None:
-            text = sci(value) if isinstance(value, float) and 0 < abs(value) < 0.01 else f'{value:g}'
+            text = sci(value) if flag == '-penalty' and value != 0 else f'{value:g}'   # as in run names
             words.append(f'{flag.lstrip("-")} {text}')
     switches = set(method.argv[2:]) if method is not None else set()
     for option in (method.options if method is not None else ()):

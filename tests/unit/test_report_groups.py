@@ -83,6 +83,9 @@ def test_a_setting_names_the_methods_own_flags_that_differ_from_their_defaults()
     flags = {'penalty': 1e-3, 's': 0.95, 'train_size': 1024, 'test_size': None}
     assert report.setting({'method': 'grad', 'flags': flags}) == 'penalty 1e-3, s 0.95, train-size 1024'
     assert report.setting({'method': 'no_prune', 'flags': {'test_size': 256}}) == 'test-size 256'
+    for penalty, text in ((1e-2, '1e-2'), (0.1, '1e-1'), (5e-5, '5e-5'), (0.0, '0')):   # as in run names
+        flags = {'penalty': penalty, 's': 0.95}
+        assert report.setting({'method': 'grad', 'flags': flags}) == f'penalty {text}, s 0.95'
 
 
 def test_sops_are_reported_with_their_epoch_and_summarised_only_from_the_last_epoch(tmp_path):

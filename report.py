@@ -13,7 +13,8 @@ layout of the runs kept in ``docs/results/``) and writes into ``--out`` (default
   per-layer connectivity columns, then :data:`TAIL_COLUMNS`);
 - ``summary.csv`` and ``summary.md``: one row per setting, the runs that differ only in the
   seed grouped: mean, sample standard deviation and number of runs of the final and best
-  accuracy and of the connectivity (columns :data:`SUMMARY_COLUMNS`);
+  accuracy, of the accuracy averaged over the last :data:`TAIL_EPOCHS` epochs and of the
+  connectivity (columns :data:`SUMMARY_COLUMNS`);
 - ``accuracy_vs_connectivity.png`` / ``.svg``: final test accuracy against connectivity (log
   scale), one point per setting with error bars of one standard deviation over the seeds,
   one series per (method, data set), as in the comparison figure of Chen et al. 2021;
@@ -41,11 +42,14 @@ from engine.methods import METHODS, sci
 
 PROG = 'report.py'
 BASE_COLUMNS = ['run', 'dataset', 'method', 'setting', 'penalty', 's', 'T', 'epochs_done', 'training_done',
-                'final_acc_pct', 'best_acc_pct', 'connectivity_pct']
+                'final_acc_pct', 'best_acc_pct', 'tail_acc_pct', 'tail_acc_sd_pp', 'connectivity_pct']
 TAIL_COLUMNS = ['synapses_kept', 'acc_loss_pp', 'sops_per_image', 'sops_epoch']
+TAIL_EPOCHS = 16
+"""``tail_acc``: the test accuracy averaged over a run's last 16 epochs, which smooths the
+epoch-to-epoch spread of the final accuracy (``tail_acc_sd_pp``: its sample sd)."""
 SUMMARY_COLUMNS = ['dataset', 'method', 'setting', 'T', 'n', 'seeds', 'epochs_done', 'training_done',
                    'final_acc_mean', 'final_acc_sd', 'best_acc_mean', 'best_acc_sd',
-                   'connectivity_mean', 'connectivity_sd', 'acc_loss_pp', 'sops_per_image']
+                   'tail_acc_mean', 'tail_acc_sd', 'connectivity_mean', 'connectivity_sd', 'acc_loss_pp', 'sops_per_image']
 
 
 class ReportError(Exception):
@@ -123,6 +127,8 @@ def summarize(run: dict) -> dict:
         kept = round(sum(counts[k] * c / 100 for k, c in layers.items()))
     with_sops = [r for r in records if isinstance(r.get('sops'), dict)]
     accs = [r['test_acc'] for r in records if 'test_acc' in r]
+    tail = [100 * a for a in accs[-TAIL_EPOCHS:]] if len(accs) >= TAIL_EPOCHS else []
+    tail_mean, tail_sd = _mean_sd(tail)
     return {'run': info['run'], 'dataset': info['dataset'], 'method': info['method'],
             'penalty': flags.get('penalty') if '-penalty' in grid else None,
             's': flags.get('s') if '-s' in grid else None, 'T': flags.get('T'),
@@ -130,6 +136,7 @@ def summarize(run: dict) -> dict:
             'training_done': bool(records) and last['epoch'] >= flags['N'],
             'final_acc_pct': 100 * last['test_acc'] if 'test_acc' in last else None,
             'best_acc_pct': 100 * max(accs) if accs else None,
+            'tail_acc_pct': tail_mean, 'tail_acc_sd_pp': tail_sd,
             'connectivity_pct': _connectivity(last.get('sparsity')),
             'layers': layers, 'synapses_kept': kept, 'acc_loss_pp': None,
             'sops_per_image': with_sops[-1]['sops'].get('total') if with_sops else None,
@@ -217,7 +224,7 @@ def summarize_groups(rows: list[dict]) -> list[dict]:
                    'epochs_done': min(m['epochs_done'] for m in members),
                    'training_done': all(m['training_done'] for m in members)}
         for key, column in (('final_acc', 'final_acc_pct'), ('best_acc', 'best_acc_pct'),
-                            ('connectivity', 'connectivity_pct')):
+                            ('tail_acc', 'tail_acc_pct'), ('connectivity', 'connectivity_pct')):
             summary[f'{key}_mean'], summary[f'{key}_sd'] = _mean_sd([m[column] for m in members])
         base = baselines.get((first['dataset'], first['T']))
         summary['acc_loss_pp'] = (None if base is None or summary['final_acc_mean'] is None
@@ -243,14 +250,14 @@ def write_summary(summary: list[dict], out: Path) -> None:
         if mean is None:
             return ''
         return f'{mean:.2f}' if sd is None else f'{mean:.2f} ± {sd:.2f}'
-    head = ['method', 'setting', 'T', 'n', 'epochs', 'final acc %', 'best acc %', 'connectivity %',
-            'acc loss pp', 'SOPs / image']
+    head = ['method', 'setting', 'T', 'n', 'epochs', 'final acc %', 'best acc %',
+            f'last {TAIL_EPOCHS} epochs acc %', 'connectivity %', 'acc loss pp', 'SOPs / image']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for row in summary:
         method = METHODS.get(row['method'])
         cells = [method.label if method is not None else row['method'], row['setting'] or '–', row['T'],
                  row['n'], row['epochs_done'], pm(row, 'final_acc'), pm(row, 'best_acc'),
-                 pm(row, 'connectivity'),
+                 pm(row, 'tail_acc'), pm(row, 'connectivity'),
                  '' if row['acc_loss_pp'] is None else f"{row['acc_loss_pp']:.2f}",
                  '' if row['sops_per_image'] is None else f"{row['sops_per_image']:,.0f}"]
         lines.append('| ' + ' | '.join(map(str, cells)) + ' |')

@@ -52,7 +52,7 @@ def test_report_numbers_are_the_last_records(dump, tmp_path):
     with open(tmp_path / 'results.csv') as f:
         header = next(csv.reader(f))
     assert header == ['run', 'dataset', 'method', 'setting', 'penalty', 's', 'T', 'epochs_done', 'training_done',
-                      'final_acc_pct', 'best_acc_pct', 'connectivity_pct',
+                      'final_acc_pct', 'best_acc_pct', 'tail_acc_pct', 'tail_acc_sd_pp', 'connectivity_pct',
                       'connectivity_pct:fc.1.weight', 'connectivity_pct:static_fc.1.weight',
                       'synapses_kept', 'acc_loss_pp', 'sops_per_image', 'sops_epoch']
     assert set(rows) == {GRAD, PLAIN}
@@ -65,6 +65,7 @@ def test_report_numbers_are_the_last_records(dump, tmp_path):
         assert float(row['final_acc_pct']) == pytest.approx(100 * record['test_acc'])
         best = max(r['test_acc'] for r in read_metrics(dump / 'logs' / name))
         assert float(row['best_acc_pct']) == pytest.approx(100 * best)
+        assert row['tail_acc_pct'] == row['tail_acc_sd_pp'] == ''        # 2 epochs: fewer than 16
         assert float(row['connectivity_pct']) == pytest.approx(100 * (1 - record['sparsity']))
         kept = 0
         for layer, size in SIZES.items():

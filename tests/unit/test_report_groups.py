@@ -2,6 +2,7 @@
 accuracy loss against the unpruned mean; it reads the layout kept in docs/results/."""
 import csv
 import json
+import math
 
 import pytest
 
@@ -53,7 +54,7 @@ def test_runs_that_differ_in_the_seed_are_one_row_with_mean_sd_and_n(kept, tmp_p
         pytest.approx([97, 1, 98, 1, 8, 2, 1.5])
     assert rows[0]['final_acc_sd'] == '' and float(rows[0]['acc_loss_pp']) == pytest.approx(1.0)
     md = (tmp_path / 'out' / 'summary.md').read_text()
-    assert '| Grad R | penalty 1e-3, s 0.95 | 8 | 3 | 2 | 97.00 ± 1.00 | 98.00 ± 1.00 | 8.00 ± 2.00 | 1.50 |' in md
+    assert '| Grad R | penalty 1e-3, s 0.95 | 8 | 3 | 2 | 97.00 ± 1.00 | 98.00 ± 1.00 |  | 8.00 ± 2.00 | 1.50 |' in md
     per_run = {r['run']: r for r in csv.DictReader(open(tmp_path / 'out' / 'results.csv'))}
     assert float(per_run['lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-grad-seed-2022']['acc_loss_pp']) == pytest.approx(2.5)
     assert (tmp_path / 'out' / 'accuracy_vs_connectivity.png').stat().st_size > 0
@@ -109,3 +110,25 @@ def test_sops_are_reported_with_their_epoch_and_summarised_only_from_the_last_ep
             per_run['lr-1e-3-b-128-T-8-penalty-5e-4-s-0.95-grad']['sops_epoch']) == ('9500.0', '0')
     summary = {r['setting']: r['sops_per_image'] for r in csv.DictReader(open(tmp_path / 'out' / 'summary.csv'))}
     assert summary == {'penalty 1e-3, s 0.95': '5000.0', 'penalty 5e-4, s 0.95': ''}
+
+
+def test_tail_accuracy_is_the_mean_and_sd_of_the_last_16_epochs(tmp_path):
+    """17 epochs: epoch 0 (0.10) is left out; epochs 1-16 alternate 0.97 and 0.99, so the
+    mean is 98% and the sd sqrt(16 / 15) pp; two seeds with tail means 98 and 97 give
+    97.5 ± sqrt(0.5) in the summary. A run of 15 epochs has no tail value."""
+    root = tmp_path / 'mnist'
+    name = 'lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-grad'
+    _run(root / name, name, 'grad', {'penalty': 1e-3, 's': 0.95}, [0.10] + [0.97, 0.99] * 8, 0.9)
+    _run(root / f'{name}-seed-2021', f'{name}-seed-2021', 'grad', {'penalty': 1e-3, 's': 0.95, 'seed': 2021},
+         [0.10] + [0.96, 0.98] * 8, 0.9)
+    short = 'lr-1e-3-b-128-T-8-penalty-5e-4-s-0.95-grad'
+    _run(root / short, short, 'grad', {'penalty': 5e-4, 's': 0.95}, [0.97] * 15, 0.5)
+    assert report.main([str(root), '--out', str(tmp_path / 'out')]) == 0
+    per_run = {r['run']: r for r in csv.DictReader(open(tmp_path / 'out' / 'results.csv'))}
+    assert float(per_run[name]['tail_acc_pct']) == pytest.approx(98.0)
+    assert float(per_run[name]['tail_acc_sd_pp']) == pytest.approx(math.sqrt(16 / 15))
+    assert per_run[short]['tail_acc_pct'] == per_run[short]['tail_acc_sd_pp'] == ''
+    summary = {r['setting']: r for r in csv.DictReader(open(tmp_path / 'out' / 'summary.csv'))}
+    row = summary['penalty 1e-3, s 0.95']
+    assert (float(row['tail_acc_mean']), float(row['tail_acc_sd'])) == pytest.approx((97.5, math.sqrt(0.5)))
+    assert '97.50 ± 0.71' in (tmp_path / 'out' / 'summary.md').read_text()

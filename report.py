@@ -162,7 +162,7 @@ def setting(info: dict) -> str:
     for flag in grid:
         value = info['flags'].get(flag.lstrip('-').replace('-', '_'))
         if value is not None:
-            text = sci(value) if flag == '-penalty' and value != 0 else f'{value:g}'   # as in run names
+            text = sci(value) if flag == '-penalty' and value != 0 else f'{value:g}'   # 1e-2 as in run names; 0
             words.append(f'{flag.lstrip("-")} {text}')
     switches = set(method.argv[2:]) if method is not None else set()
     for option in (method.options if method is not None else ()):
@@ -226,6 +226,8 @@ def summarize_groups(rows: list[dict]) -> list[dict]:
         for key, column in (('final_acc', 'final_acc_pct'), ('best_acc', 'best_acc_pct'),
                             ('tail_acc', 'tail_acc_pct'), ('connectivity', 'connectivity_pct')):
             summary[f'{key}_mean'], summary[f'{key}_sd'] = _mean_sd([m[column] for m in members])
+        if any(m['tail_acc_pct'] is None for m in members):        # over all n runs, or blank
+            summary['tail_acc_mean'] = summary['tail_acc_sd'] = None
         base = baselines.get((first['dataset'], first['T']))
         summary['acc_loss_pp'] = (None if base is None or summary['final_acc_mean'] is None
                                   else base - summary['final_acc_mean'])

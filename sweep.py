@@ -137,7 +137,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         if getattr(args, _dest(option)) is not None and not any(flag in _grid(m) for m in args.methods):
             raise SweepError(f'{option}: no method in --methods {",".join(args.methods)} takes {flag} '
                              f'(methods that do: {", ".join(takers)})')
-    args.penalties = _numbers('--penalties', args.penalties or '1e-3', 0, math.inf)
+    args.penalties = _numbers('--penalties', '1e-3' if args.penalties is None else args.penalties, 0, math.inf)
     args.s = None if args.s is None else _numbers('-s', args.s, 0, 1)
     with_s = [m for m in args.methods if '-s' in _grid(m)]
     if args.s is None and with_s:

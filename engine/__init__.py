@@ -73,8 +73,8 @@ def main(exp: Experiment, argv: Sequence[str] | None = None, datasets=None) -> i
     usage error (2); processes whose weights differ after an epoch stop with 1.
     """
     args = build_parser(exp).parse_args(argv)
-    command = [exp.prog, *argv] if argv is not None else ['python', sys.argv[0], *sys.argv[1:]]
     ranks = distributed.Ranks.from_env()
+    command = _resume_command(exp, argv, ranks)
     run = config = None
     try:
         config = resolve(exp, args, ranks)
@@ -161,6 +161,19 @@ def _stopped(exp: Experiment, run, what: str, command: list, status: int, any_ra
     distributed.say(f'{exp.prog}: {what}; {kept}; to resume, run the same command again: '
                     f'{shlex.join(command)}', any_rank=any_rank, ranks=ranks)
     return status
+
+
+def _resume_command(exp: Experiment, argv, ranks) -> list:
+    """The command of the resume line: ``argv`` after the program name when given (in-process
+    calls); else the script as started, after ``python``, or under torchrun after
+    ``torchrun --nproc_per_node K`` (one machine) or ``torchrun <its options>`` (several)."""
+    if argv is not None:
+        return [exp.prog, *argv]
+    if not ranks.active:
+        return ['python', sys.argv[0], *sys.argv[1:]]
+    if ranks.world_size == ranks.local_world_size:
+        return ['torchrun', '--nproc_per_node', str(ranks.local_world_size), sys.argv[0], *sys.argv[1:]]
+    return ['torchrun', '<its options>', sys.argv[0], *sys.argv[1:]]
 
 
 def _without_resume_from(command: list) -> list:

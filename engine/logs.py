@@ -6,6 +6,7 @@ Tags and their meaning: ``docs/method.md``, "Logging".
 from __future__ import annotations
 
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -107,9 +108,11 @@ def resumed_writer(log_dir, epoch: int, kept: list[dict]) -> SummaryWriter:
 
     TensorBoard reads a folder's event files in name order, and a name starts with the second
     it was opened in, then host, pid and a counter compared as text. So the new file is opened
-    in a later second than every file already there (a wait under 1 s, only for a resume in
-    the same second, as in-process tests do); otherwise it could be read before the file it
-    purges, and the purge would drop the points written after it.
+    in a later second than every file already there (a wait of at most 2 s, for a resume in
+    the same second as an earlier file, as in-process tests do); otherwise it could be read
+    before the file it purges, and the purge would drop the points written after it. A file
+    further ahead of this clock (a clock set back, another machine's clock) gets one warning
+    line on stderr and no wait.
     """
     _after_last_event_file(Path(log_dir))
     writer = SummaryWriter(str(log_dir), purge_step=epoch)
@@ -123,11 +126,16 @@ def resumed_writer(log_dir, epoch: int, kept: list[dict]) -> SummaryWriter:
 
 def _after_last_event_file(log_dir: Path) -> None:
     """Sleep until the clock's whole second is past that of every event file in ``log_dir``
-    (``events.out.tfevents.<second>.…``)."""
+    (``events.out.tfevents.<second>.…``), if that is at most 2 s away; warn instead if it is
+    further."""
     seconds = [int(m.group(1)) for f in log_dir.glob('events.out.tfevents.*')
                if (m := re.match(r'events\.out\.tfevents\.(\d+)\.', f.name))]
-    if seconds and time.time() < max(seconds) + 1:
-        time.sleep(max(seconds) + 1 - time.time())
+    wait = max(seconds) + 1 - time.time() if seconds else 0.0
+    if 0 < wait <= 2:
+        time.sleep(wait)
+    elif wait > 2:
+        print(f'warning: {log_dir} holds a TensorBoard event file from {wait - 1:.0f} s ahead of this '
+              f'clock; TensorBoard may show the resumed points out of order', file=sys.stderr)
 
 
 class NullWriter:

@@ -114,10 +114,13 @@ def test_resume_gives_the_same_numbers(grad_run, tmp_path, capsys):
 def test_released_pipeline_and_compiled_runs_resume_too(tmp_path, extra):
     """The released DataLoader path with two workers (eager), and the compiled default path: a
     run stopped after epoch 0 and resumed equals one that never stopped. In this process
-    (the script as a subprocess is tested above); each run compiles its own model."""
+    (the script as a subprocess is tested above); Dynamo's caches are cleared before each run,
+    so that each compiles anew, as a new process would, and the resumed run compiles after
+    loading the checkpoint."""
     straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
     argv = [a for a in SMALL if a != '--no-compile'] + extra
     for dump, last in ((straight, '1'), (resumed, '0'), (resumed, '1')):
+        torch._dynamo.reset()
         assert mnist_main('-m', 'grad', '-s', '0.95', '--dump-dir', dump, *argv, '-N', last) == 0
     records = read_metrics(straight / 'logs' / NAME)
     assert strip_times(read_metrics(resumed / 'logs' / NAME)) == strip_times(records)

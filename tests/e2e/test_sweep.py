@@ -103,6 +103,7 @@ def test_failed_configuration_is_named(tmp_path):
     (['mnist', '--methods', 'grad,hard', '-s', '0.9'], "unknown method 'hard'"),
     (['mnist', '--penalties', '1e-3,x', '-s', '0.9'], "'x' is not a number"),
     (['mnist', '--penalties', '1e-3,-2e-3', '-s', '0.9'], '-2e-3 is outside'),
+    (['mnist', '--penalties=', '-s', '0.9'], "--penalties: empty item in ''"),
     (['mnist', '-s', 'high'], "'high' is not a number"),
     (['mnist', '--methods', 'grad'], '-s (target sparsity) is required'),
     (['svhn', '-s', '0.9'], "invalid choice: 'svhn'"),

@@ -170,3 +170,31 @@ def test_resumed_writer_opens_a_file_that_tensorboard_reads_after_the_earlier_on
     assert len(names) == 2 and names[0] == ahead
     acc, _ = tensorboard_tags(tmp_path)
     assert [(e.step, round(e.value, 6)) for e in acc.Scalars('test/acc')] == [(0, 0.5), (1, 0.7), (2, 0.8)]
+
+
+def test_resumed_writer_does_not_wait_for_an_event_file_far_ahead_of_the_clock(tmp_path, capsys):
+    """A file a minute ahead (a clock set back): one warning line, no wait."""
+    import time
+    first = engine.logs.SummaryWriter(str(tmp_path))
+    first.close()
+    (old,) = tmp_path.glob('events.out.tfevents.*')
+    old.rename(tmp_path / f'events.out.tfevents.{int(time.time()) + 60:010d}.host.1.1')
+    start = time.monotonic()
+    engine.logs.resumed_writer(tmp_path, 1, kept=[]).close()
+    assert time.monotonic() - start < 1.5
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f'warning: {tmp_path} holds a TensorBoard event file from ') and 's ahead of this clock' in line
+
+
+def test_the_resume_line_gives_the_command_as_started(monkeypatch):
+    """python and the script's path in one process; torchrun with the processes of this machine
+    under torchrun on one machine; the in-process program name when argv is given."""
+    from engine.distributed import Ranks
+    monkeypatch.setattr('sys.argv', ['mnist/mnist.py', '-m', 'grad', '-s', '0.95'])
+    rest = ['mnist/mnist.py', '-m', 'grad', '-s', '0.95']
+    assert engine._resume_command(mnist.EXPERIMENT, None, Ranks()) == ['python', *rest]
+    two = Ranks(world_size=2, rank=0, local_rank=0, local_world_size=2, active=True)
+    assert engine._resume_command(mnist.EXPERIMENT, None, two) == ['torchrun', '--nproc_per_node', '2', *rest]
+    nodes = Ranks(world_size=4, rank=0, local_rank=0, local_world_size=2, active=True)
+    assert engine._resume_command(mnist.EXPERIMENT, None, nodes) == ['torchrun', '<its options>', *rest]
+    assert engine._resume_command(mnist.EXPERIMENT, ['-m', 'deep'], two) == ['mnist.py', '-m', 'deep']

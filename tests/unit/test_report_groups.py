@@ -132,3 +132,8 @@ def test_tail_accuracy_is_the_mean_and_sd_of_the_last_16_epochs(tmp_path):
     row = summary['penalty 1e-3, s 0.95']
     assert (float(row['tail_acc_mean']), float(row['tail_acc_sd'])) == pytest.approx((97.5, math.sqrt(0.5)))
     assert '97.50 ± 0.71' in (tmp_path / 'out' / 'summary.md').read_text()
+    third = f'{name}-seed-2022'                             # a seed only 2 epochs in: no tail for n = 3
+    _run(root / third, third, 'grad', {'penalty': 1e-3, 's': 0.95, 'seed': 2022}, [0.10, 0.5], 0.9)
+    assert report.main([str(root), '--out', str(tmp_path / 'out')]) == 0
+    row = {r['setting']: r for r in csv.DictReader(open(tmp_path / 'out' / 'summary.csv'))}['penalty 1e-3, s 0.95']
+    assert (row['n'], row['tail_acc_mean'], row['tail_acc_sd']) == ('3', '', '')

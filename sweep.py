@@ -132,10 +132,10 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     unknown = [m for m in args.methods if m not in known]
     if unknown:
         raise SweepError(f'--methods: unknown method {unknown[0]!r}; choose from {", ".join(known)}')
-    for flag, option in AXES.items():
-        takers = [m for m in known if flag in _grid(m)]
-        if getattr(args, _dest(option)) is not None and not any(flag in _grid(m) for m in args.methods):
-            raise SweepError(f'{option}: no method in --methods {",".join(args.methods)} takes {flag} '
+    for flag, given in _axis_values(args).items():
+        if given is not None and not any(flag in _grid(m) for m in args.methods):
+            takers = [m for m in known if flag in _grid(m)]
+            raise SweepError(f'{AXES[flag]}: no method in --methods {",".join(args.methods)} takes {flag} '
                              f'(methods that do: {", ".join(takers)})')
     args.penalties = _numbers('--penalties', '1e-3' if args.penalties is None else args.penalties, 0, math.inf)
     args.s = None if args.s is None else _numbers('-s', args.s, 0, 1)
@@ -199,7 +199,7 @@ def configurations(args: argparse.Namespace, passed_on: list[str]) -> list[tuple
     method varies (``-penalty``, then ``-s``); a method that varies none is one configuration."""
     script = [sys.executable, str(SCRIPTS[args.dataset])]
     tail = (['--dump-dir', args.dump_dir] if args.dump_dir is not None else []) + passed_on
-    values = {'-penalty': args.penalties, '-s': args.s, '--flat-width': args.flat_widths}
+    values = _axis_values(args)
     configs = []
     for method in args.methods:
         settings = [[]]
@@ -228,9 +228,10 @@ def _check_own_flags(names: list[str], passed_on: list[str]) -> None:
                              f'does not take it; sweep {", ".join(m.sweep for m in owners)} apart')
 
 
-def _dest(option: str) -> str:
-    """The attribute argparse stores ``option`` under ('--flat-widths' -> 'flat_widths')."""
-    return option.lstrip('-').replace('-', '_')
+def _axis_values(args: argparse.Namespace) -> dict:
+    """The values of each grid axis (:data:`AXES`), by the script flag they set: a list, or
+    None where the sweep option was not given."""
+    return {'-penalty': args.penalties, '-s': args.s, '--flat-width': args.flat_widths}
 
 
 def _grid(name: str) -> tuple[str, ...]:

@@ -7,7 +7,11 @@ compile warm-up), then:
 1. times ``--steps`` steps of ``engine.loop.train_epoch`` as the run calls it (NaN watch and
    progress bar included): milliseconds and minor page faults (memory the OS hands the
    process afresh, e.g. for large buffers the C allocator took from it and gave back) per
-   step;
+   step; then, over the next ``--steps`` steps, each matrix product's own time inside the
+   step (median milliseconds per shape), timed around the call itself: the products that
+   the compiled graphs call (``extern_kernels.mm``) or, with ``--no-compile``, every
+   ``aten.mm`` (a ``TorchDispatchMode``). torch.profiler's per-op figures (2) can put
+   other work of the step on a product;
 2. profiles the next ``--steps`` steps with ``torch.profiler`` (CPU) and prints the ops with
    the most self CPU time, per step, then the matrix products (``aten::mm``) by shape;
 3. profiles the next ``--steps`` steps with ``cProfile`` and prints, per step, the
@@ -55,6 +59,46 @@ def per_call_ms(fn, n: int) -> float:
     return sorted(rounds)[2]
 
 
+def mm_times(run_steps, compiled: bool) -> dict:
+    """``{(shape of A, shape of B): [ms per call]}`` of every matrix product while
+    ``run_steps()`` runs: the compiled graphs' ``extern_kernels.mm`` calls when ``compiled``,
+    else every ``aten.mm`` dispatched (eager autograd)."""
+    import torch
+    from torch._inductor.select_algorithm import extern_kernels
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    times: dict = {}
+
+    def note(a, b, seconds):
+        times.setdefault((tuple(a.shape), tuple(b.shape)), []).append(seconds * 1e3)
+
+    if compiled:
+        original = extern_kernels.mm
+
+        def timed(a, b, out=None):
+            t0 = time.perf_counter()
+            result = original(a, b, out=out)
+            note(a, b, time.perf_counter() - t0)
+            return result
+        extern_kernels.mm = timed
+        try:
+            run_steps()
+        finally:
+            extern_kernels.mm = original
+        return times
+
+    class Timer(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            t0 = time.perf_counter()
+            result = func(*args, **(kwargs or {}))
+            if func is torch.ops.aten.mm.default:
+                note(args[0], args[1], time.perf_counter() - t0)
+            return result
+    with Timer():
+        run_steps()
+    return times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--threads', type=int, default=1)
@@ -100,6 +144,11 @@ def main() -> None:
           f'over {a.steps} steps')
     if a.time_only:
         return
+    print(f'# 1b. matrix products inside {a.steps} steps: median ms per call, by shape (A, B)')
+    times = mm_times(lambda: steps(a.steps), a.compile)
+    for (shape_a, shape_b), ms in times.items():
+        print(f'mm {str(shape_a):12s} x {str(shape_b):12s} {sorted(ms)[len(ms) // 2]:8.3f} ms  calls/step {len(ms) / a.steps:4.1f}')
+    print(f"{'(sum of the medians x calls)':40s} {sum(sorted(ms)[len(ms) // 2] * len(ms) for ms in times.values()) / a.steps:8.3f} ms")
 
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         steps(a.steps)
@@ -148,7 +197,8 @@ def main() -> None:
     x = run.data.train_x[:config.b]
     u = epoch_draws(config.seed, 0, config.b, 4)
     aug = EXPERIMENT.augment.apply
-    print(f'make one batch (augment + normalise)    {per_call_ms(lambda: next(batches), 40):.3f}')
+    fresh = run.data.train_batches(1)      # the first epoch's batches may be used up by now
+    print(f'make one batch (augment + normalise)    {per_call_ms(lambda: next(fresh), 40):.3f}')
     print(f'augment, float32 draws (as it runs)     {per_call_ms(lambda: aug(x, u.float()), 100):.3f}')
     print(f'augment, float64 draws (not used)       {per_call_ms(lambda: aug(x, u), 100):.3f}')
     print(f'epoch_draws, 60000 x 4 float64 (once an epoch) '

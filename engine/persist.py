@@ -43,13 +43,14 @@ class RunFiles:
         return self.model_dir / f'checkpoint-{epoch}.pt' if epoch % self.config.i1 == 0 else None
 
     def start_logs(self, model, epoch: int) -> list[dict]:
-        """On rank 0: make the log folder, write ``run.json`` for ``model`` and cut
+        """On rank 0: make the log folder, write ``run.json`` for ``model`` (a start at
+        ``epoch``) and cut
         ``metrics.jsonl`` back to the epochs before ``epoch``, the first to train; returns the
         records kept (``[]`` on the other ranks)."""
         if not self.config.is_main:
             return []
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        write_run_info(self.log_dir, self.config, model)
+        write_run_info(self.log_dir, self.config, model, epoch)
         return ckpt_io.truncate_metrics(self.metrics, epoch)
 
     # ---------------------------------------------------------------- resuming

@@ -2,15 +2,19 @@
 
 ``report.py`` reads it to know each run's data set, method and flags without parsing the
 run name, and the size of every synapse tensor (to turn connectivity into synapses kept).
+Its ``starts`` say which code, on which machine, trained which epochs: one entry per start
+or resume whose epochs ``metrics.jsonl`` still holds.
 """
 from __future__ import annotations
 
 import datetime
 import json
 import os
+import platform
 import subprocess
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
 from engine.config import REPO_ROOT, RunConfig
@@ -32,6 +36,39 @@ def code_version(repo: Path = REPO_ROOT) -> str:
     return version if done.returncode == 0 and version else 'unknown'
 
 
+CPU_FLAGS = ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16')
+"""The CPU features recorded in ``run.json`` (those that change which float kernels run)."""
+
+
+def machine(device: torch.device | str = 'cpu') -> dict:
+    """What a run trains on: ``{'cpu': model name, 'cpu_flags': [those of CPU_FLAGS it has],
+    'cores': cores this process may use, 'torch': version}``, plus ``'gpu'`` (the device's
+    name) for a CUDA device. The CPU's name and flags come from ``/proc/cpuinfo`` (Linux),
+    else ``platform.processor()`` and no flags; never raises."""
+    name, flags = platform.processor() or 'unknown', set()
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                key, _, value = line.partition(':')
+                if key.strip() == 'model name':
+                    name = value.strip()
+                elif key.strip() == 'flags':
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    info = {'cpu': name, 'cpu_flags': [f for f in CPU_FLAGS if f in flags], 'cores': cores,
+            'torch': torch.__version__}
+    device = torch.device(device)
+    if device.type == 'cuda':
+        try:
+            info['gpu'] = torch.cuda.get_device_name(device)
+        except (RuntimeError, AssertionError):
+            info['gpu'] = 'unknown'
+    return info
+
+
 def _plain(value):
     """A flag value as JSON has it: numbers, strings, booleans and None unchanged, anything
     else (paths, torch devices) as its string."""
@@ -40,38 +77,68 @@ def _plain(value):
     return str(value)
 
 
-def run_info(config: RunConfig, model: nn.Module) -> dict:
-    """The ``run.json`` record of a run.
+def run_info(config: RunConfig, model: nn.Module, epoch: int = 0, earlier: list | None = None) -> dict:
+    """The ``run.json`` record of a run that starts (or resumes) training at ``epoch``.
 
     Args:
         config: the run's configuration (:meth:`RunConfig.flags` is recorded, paths and
             devices as strings).
         model: the run's network; its synapse tensors (``snn.synapses``, no BatchNorm) give
             ``synapse_counts``.
+        epoch: the first epoch this start trains.
+        earlier: the ``starts`` of the run's earlier record, if any.
 
     Returns ``{'dataset', 'method', 'run', 'flags', 'synapse_counts', 'code_version',
-    'started'}``; ``dataset`` is the script name without ``.py``, ``method`` the method's
-    key (``engine.methods``) and ``started`` the local time in ISO 8601 with its UTC offset.
+    'started', 'starts'}``; ``dataset`` is the script name without ``.py``, ``method`` the
+    method's key (``engine.methods``), ``code_version`` and ``started`` (the local time in
+    ISO 8601 with its UTC offset) those of this start. ``starts`` lists ``{'epoch',
+    'started', 'code_version', 'machine'}`` (:func:`machine`) of each start, this one last,
+    keeping only the earlier starts whose first epoch is before ``epoch`` or unknown (None),
+    and none when ``epoch`` is 0 (the epochs of the others are trained again).
     """
+    now = {'epoch': epoch, 'started': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
+           'code_version': code_version(), 'machine': machine(config.device)}
+    kept = [s for s in earlier or [] if epoch > 0 and isinstance(s, dict)
+            and (s.get('epoch') is None or s['epoch'] < epoch)]
     return {'dataset': config.prog.removesuffix('.py'),
             'method': config.method.key,
             'run': config.name,
             'flags': {k: _plain(v) for k, v in config.flags().items()},
             'synapse_counts': {n: p.numel() for n, p in synapses(model).items()},
-            'code_version': code_version(),
-            'started': datetime.datetime.now().astimezone().isoformat(timespec='seconds')}
+            'code_version': now['code_version'],
+            'started': now['started'],
+            'starts': [*kept, now]}
 
 
-def write_run_info(log_dir: Path, config: RunConfig, model: nn.Module) -> Path:
-    """Write :func:`run_info` to ``<log_dir>/run.json`` atomically (temporary file, flushed,
-    renamed over the old one); a resumed run overwrites it with a new start time.
+def earlier_starts(path: Path) -> list:
+    """The ``starts`` of the ``run.json`` at ``path``; for a record written before ``starts``
+    existed, its one start at an unknown epoch, ``{'epoch': None, 'started',
+    'code_version'}``; ``[]`` when there is none or it cannot be read."""
+    try:
+        old = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(old, dict):
+        return []
+    if isinstance(old.get('starts'), list):
+        return old['starts']
+    if 'started' in old:
+        return [{'epoch': None, 'started': old['started'], 'code_version': old.get('code_version', 'unknown')}]
+    return []
+
+
+def write_run_info(log_dir: Path, config: RunConfig, model: nn.Module, epoch: int = 0) -> Path:
+    """Write :func:`run_info` for a start at ``epoch`` to ``<log_dir>/run.json`` atomically
+    (temporary file, flushed, renamed over the old one); a resumed run's record keeps the
+    earlier starts (:func:`earlier_starts`) whose epochs it does not train again.
 
     Returns the path written. Raises ``OSError`` when the folder is not writable.
     """
     path = Path(log_dir) / RUN_INFO
     tmp = path.with_name(path.name + '.tmp')
+    info = run_info(config, model, epoch, earlier_starts(path))
     with open(tmp, 'w') as f:
-        json.dump(run_info(config, model), f, indent=1)
+        json.dump(info, f, indent=1)
         f.write('\n')
         f.flush()
         os.fsync(f.fileno())

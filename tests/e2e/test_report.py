@@ -38,6 +38,9 @@ def test_run_json_records_the_settings(dump):
         ('grad', 0.95, 1e-3, 1, 512)
     assert flags['device'] == 'cpu' and flags['dump_dir'] == str(dump)
     assert info['code_version'] and info['started']
+    (start,) = info['starts']                                 # one start, at epoch 0
+    assert (start['epoch'], start['code_version'], start['started']) == (0, info['code_version'], info['started'])
+    assert start['machine']['torch'] and start['machine']['cores'] >= 1
 
 
 def test_code_version_never_fails(tmp_path):

@@ -198,3 +198,42 @@ def test_the_resume_line_gives_the_command_as_started(monkeypatch):
     nodes = Ranks(world_size=4, rank=0, local_rank=0, local_world_size=2, active=True)
     assert engine._resume_command(mnist.EXPERIMENT, None, nodes) == ['torchrun', '<its options>', *rest]
     assert engine._resume_command(mnist.EXPERIMENT, ['-m', 'deep'], two) == ['mnist.py', '-m', 'deep']
+
+
+def test_run_json_keeps_the_starts_whose_epochs_it_still_holds(tmp_path, monkeypatch):
+    from engine import runinfo
+    from mnist.model import MNISTSNN
+    versions = iter(['v0', 'v1', 'v2', 'v3'])
+    monkeypatch.setattr(runinfo, 'code_version', lambda: next(versions))
+    config = config_for(mnist.EXPERIMENT, '-m', 'grad', '-s', '0.95', '--dump-dir', tmp_path)
+    model = MNISTSNN()
+
+    def starts():
+        info = json.loads((tmp_path / 'run.json').read_text())
+        assert (info['code_version'], info['started']) == (info['starts'][-1]['code_version'],
+                                                           info['starts'][-1]['started'])
+        return [(s['epoch'], s['code_version']) for s in info['starts']]
+
+    runinfo.write_run_info(tmp_path, config, model, 0)
+    runinfo.write_run_info(tmp_path, config, model, 5)
+    assert starts() == [(0, 'v0'), (5, 'v1')]
+    runinfo.write_run_info(tmp_path, config, model, 3)        # --resume-from an earlier epoch
+    assert starts() == [(0, 'v0'), (3, 'v2')]
+    runinfo.write_run_info(tmp_path, config, model, 0)        # trained again from the start
+    assert starts() == [(0, 'v3')]
+    machine = json.loads((tmp_path / 'run.json').read_text())['starts'][0]['machine']
+    assert machine['torch'] == torch.__version__ and machine['cores'] >= 1
+    assert set(machine['cpu_flags']) <= set(runinfo.CPU_FLAGS) and machine['cpu']
+
+
+def test_run_json_written_before_starts_existed_keeps_its_start_for_a_resume(tmp_path):
+    from engine import runinfo
+    (tmp_path / 'run.json').write_text(json.dumps({'run': 'x', 'code_version': 'old', 'started': 'then'}))
+    assert runinfo.earlier_starts(tmp_path / 'run.json') == [{'epoch': None, 'started': 'then', 'code_version': 'old'}]
+    config = config_for(mnist.EXPERIMENT, '-m', 'no_prune', '--dump-dir', tmp_path)
+    info = runinfo.run_info(config, nn.Linear(2, 2), 7, runinfo.earlier_starts(tmp_path / 'run.json'))
+    assert [(s['epoch'], s['code_version']) for s in info['starts']][0] == (None, 'old')
+    assert info['starts'][1]['epoch'] == 7
+    assert runinfo.run_info(config, nn.Linear(2, 2), 0, info['starts'])['starts'][0]['epoch'] == 0
+    (tmp_path / 'run.json').write_text('{broken')
+    assert runinfo.earlier_starts(tmp_path / 'run.json') == []

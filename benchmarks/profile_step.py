@@ -8,7 +8,8 @@ compile warm-up), then:
    progress bar included): milliseconds and minor page faults (memory the OS hands the
    process afresh, e.g. for large buffers the C allocator took from it and gave back) per
    step; then, over the next ``--steps`` steps, each matrix product's own time inside the
-   step (median milliseconds per shape), timed around the call itself: the products that
+   step (median and mean milliseconds per shape, and their share of those steps' time),
+   timed around the call itself: the products that
    the compiled graphs call (``extern_kernels.mm``) or, with ``--no-compile``, every
    ``aten.mm`` (a ``TorchDispatchMode``). torch.profiler's per-op figures (2) can put
    other work of the step on a product;
@@ -37,8 +38,10 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import itertools
 import pstats
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -126,7 +129,7 @@ def main() -> None:
     config = engine.resolve(EXPERIMENT, engine.build_parser(EXPERIMENT).parse_args(argv))
     torch.set_num_threads(config.threads)
     run = engine.Run(EXPERIMENT, config, EXPERIMENT.load_datasets(config))
-    batches = run.data.train_batches(0)
+    batches = (batch for epoch in itertools.count() for batch in run.data.train_batches(epoch))
     watch = safety.NonFiniteWatch(list(run.model.parameters()), 0, run.device)
 
     def steps(n):
@@ -144,11 +147,15 @@ def main() -> None:
           f'over {a.steps} steps')
     if a.time_only:
         return
-    print(f'# 1b. matrix products inside {a.steps} steps: median ms per call, by shape (A, B)')
+    print(f'# 1b. matrix products inside {a.steps} steps, by shape (A, B): ms per call (median, mean)')
+    t0 = time.perf_counter()
     times = mm_times(lambda: steps(a.steps), a.compile)
+    window = (time.perf_counter() - t0) / a.steps * 1e3
     for (shape_a, shape_b), ms in times.items():
-        print(f'mm {str(shape_a):12s} x {str(shape_b):12s} {sorted(ms)[len(ms) // 2]:8.3f} ms  calls/step {len(ms) / a.steps:4.1f}')
-    print(f"{'(sum of the medians x calls)':40s} {sum(sorted(ms)[len(ms) // 2] * len(ms) for ms in times.values()) / a.steps:8.3f} ms")
+        print(f'mm {str(shape_a):12s} x {str(shape_b):12s} {statistics.median(ms):8.3f} {statistics.mean(ms):8.3f} ms'
+              f'  calls/step {len(ms) / a.steps:4.1f}')
+    total = sum(sum(ms) for ms in times.values()) / a.steps
+    print(f'all products: {total:.3f} ms/step of the {window:.3f} ms/step these steps took ({100 * total / window:.0f}%)')
 
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         steps(a.steps)
@@ -197,8 +204,7 @@ def main() -> None:
     x = run.data.train_x[:config.b]
     u = epoch_draws(config.seed, 0, config.b, 4)
     aug = EXPERIMENT.augment.apply
-    fresh = run.data.train_batches(1)      # the first epoch's batches may be used up by now
-    print(f'make one batch (augment + normalise)    {per_call_ms(lambda: next(fresh), 40):.3f}')
+    print(f'make one batch (augment + normalise)    {per_call_ms(lambda: next(batches), 40):.3f}')
     print(f'augment, float32 draws (as it runs)     {per_call_ms(lambda: aug(x, u.float()), 100):.3f}')
     print(f'augment, float64 draws (not used)       {per_call_ms(lambda: aug(x, u), 100):.3f}')
     print(f'epoch_draws, 60000 x 4 float64 (once an epoch) '

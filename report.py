@@ -43,7 +43,7 @@ from engine.methods import METHODS, sci
 PROG = 'report.py'
 BASE_COLUMNS = ['run', 'dataset', 'method', 'setting', 'penalty', 's', 'T', 'epochs_done', 'training_done',
                 'final_acc_pct', 'best_acc_pct', 'tail_acc_pct', 'tail_acc_sd_pp', 'connectivity_pct']
-TAIL_COLUMNS = ['synapses_kept', 'acc_loss_pp', 'sops_per_image', 'sops_epoch']
+TAIL_COLUMNS = ['synapses_kept', 'acc_loss_pp', 'sops_per_image', 'sops_epoch', 'code']
 TAIL_EPOCHS = 16
 """``tail_acc``: the test accuracy averaged over a run's last 16 epochs, which smooths the
 epoch-to-epoch spread of the final accuracy (``tail_acc_sd_pp``: its sample sd)."""
@@ -141,9 +141,19 @@ def summarize(run: dict) -> dict:
             'layers': layers, 'synapses_kept': kept, 'acc_loss_pp': None,
             'sops_per_image': with_sops[-1]['sops'].get('total') if with_sops else None,
             'sops_epoch': with_sops[-1]['epoch'] if with_sops else None,
-            'started': info.get('started', ''),
+            'started': info.get('started', ''), 'code': code_versions(info),
             'setting': setting(info), 'seed': flags.get('seed'),
             'group': (info['dataset'], re.sub(r'-seed-\d+', '', info['run']))}
+
+
+def code_versions(info: dict) -> str:
+    """The code versions that trained a run (``run.json``'s ``starts``, in order, each once),
+    joined by ``+``, e.g. ``'89b8dfe'`` or ``'89b8dfe+68f27d5'``; a record without ``starts``
+    gives its one ``code_version``; ``''`` when there is none."""
+    starts = info.get('starts')
+    versions = ([s.get('code_version', 'unknown') for s in starts if isinstance(s, dict)]
+                if isinstance(starts, list) else [info.get('code_version', '')])
+    return '+'.join(dict.fromkeys(v for v in versions if v))
 
 
 def _grid(method) -> tuple[str, ...]:
@@ -341,8 +351,9 @@ def plot_accuracy_vs_connectivity(summary: list[dict], out: Path) -> None:
     if series:
         ax.legend()
     fig.tight_layout()
-    for suffix in ('png', 'svg'):
-        fig.savefig(out / f'accuracy_vs_connectivity.{suffix}', dpi=150)
+    fig.savefig(out / 'accuracy_vs_connectivity.png', dpi=150)
+    with plt.rc_context({'svg.hashsalt': PROG}):      # the same runs give the same file
+        fig.savefig(out / 'accuracy_vs_connectivity.svg', dpi=150, metadata={'Date': None})
     plt.close(fig)
 
 

@@ -57,7 +57,7 @@ def test_report_numbers_are_the_last_records(dump, tmp_path):
     assert header == ['run', 'dataset', 'method', 'setting', 'penalty', 's', 'T', 'epochs_done', 'training_done',
                       'final_acc_pct', 'best_acc_pct', 'tail_acc_pct', 'tail_acc_sd_pp', 'connectivity_pct',
                       'connectivity_pct:fc.1.weight', 'connectivity_pct:static_fc.1.weight',
-                      'synapses_kept', 'acc_loss_pp', 'sops_per_image', 'sops_epoch']
+                      'synapses_kept', 'acc_loss_pp', 'sops_per_image', 'sops_epoch', 'code']
     assert set(rows) == {GRAD, PLAIN}
     assert (rows[GRAD]['setting'], rows[PLAIN]['setting']) == ('penalty 1e-3, s 0.95, train-size 512, test-size 256',
                                                                'train-size 512, test-size 256')
@@ -78,6 +78,7 @@ def test_report_numbers_are_the_last_records(dump, tmp_path):
         assert int(row['synapses_kept']) == round(kept)
         assert float(row['sops_per_image']) == pytest.approx(record['sops']['total'])
         assert row['sops_epoch'] == str(record['epoch'])
+        assert row['code'] == json.loads((dump / 'logs' / name / 'run.json').read_text())['code_version']
     grad, plain = rows[GRAD], rows[PLAIN]
     assert (grad['method'], grad['penalty'], grad['s']) == ('grad', '0.001', '0.95')
     assert (plain['method'], plain['penalty'], plain['s']) == ('no_prune', '', '')
@@ -92,6 +93,17 @@ def test_report_numbers_are_the_last_records(dump, tmp_path):
         data = (tmp_path / name).read_bytes()
         assert len(data) > 1000 and data.startswith(PNG_MAGIC), name
     assert (tmp_path / 'accuracy_vs_connectivity.svg').read_text().lstrip().startswith('<?xml')
+
+
+def test_the_same_runs_give_the_same_report_files(dump, tmp_path):
+    """Regenerating a kept report (README: ``python report.py docs/results/mnist --out
+    docs/results``) changes no file when the runs did not change."""
+    for out in ('one', 'two'):
+        assert report.main([str(dump), '--out', str(tmp_path / out)]) == 0
+    names = sorted(p.name for p in (tmp_path / 'one').iterdir())
+    assert 'accuracy_vs_connectivity.svg' in names and names == sorted(p.name for p in (tmp_path / 'two').iterdir())
+    changed = [n for n in names if (tmp_path / 'one' / n).read_bytes() != (tmp_path / 'two' / n).read_bytes()]
+    assert changed == []
 
 
 def test_default_out_and_unfinished_run_without_baseline(dump, tmp_path):

@@ -141,19 +141,20 @@ def summarize(run: dict) -> dict:
             'layers': layers, 'synapses_kept': kept, 'acc_loss_pp': None,
             'sops_per_image': with_sops[-1]['sops'].get('total') if with_sops else None,
             'sops_epoch': with_sops[-1]['epoch'] if with_sops else None,
-            'started': info.get('started', ''), 'code': code_versions(info),
+            'code': code_versions(info),
             'setting': setting(info), 'seed': flags.get('seed'),
             'group': (info['dataset'], re.sub(r'-seed-\d+', '', info['run']))}
 
 
 def code_versions(info: dict) -> str:
-    """The code versions that trained a run (``run.json``'s ``starts``, in order, each once),
-    joined by ``+``, e.g. ``'89b8dfe'`` or ``'89b8dfe+68f27d5'``; a record without ``starts``
-    gives its one ``code_version``; ``''`` when there is none."""
+    """The code versions that trained a run, in the order of ``run.json``'s ``starts``, a
+    version repeated by consecutive starts named once, joined by ``+``: e.g. ``'89b8dfe'``,
+    ``'89b8dfe+68f27d5'``. A record written before ``starts`` existed gives its one
+    ``code_version``, that of its latest start; ``''`` when there is none."""
     starts = info.get('starts')
     versions = ([s.get('code_version', 'unknown') for s in starts if isinstance(s, dict)]
                 if isinstance(starts, list) else [info.get('code_version', '')])
-    return '+'.join(dict.fromkeys(v for v in versions if v))
+    return '+'.join(v for i, v in enumerate(versions) if v and (i == 0 or v != versions[i - 1]))
 
 
 def _grid(method) -> tuple[str, ...]:

@@ -154,6 +154,8 @@ def main() -> None:
     for (shape_a, shape_b), ms in times.items():
         print(f'mm {str(shape_a):12s} x {str(shape_b):12s} {statistics.median(ms):8.3f} {statistics.mean(ms):8.3f} ms'
               f'  calls/step {len(ms) / a.steps:4.1f}')
+    if not times:
+        print('(no matrix product seen: these steps called neither extern_kernels.mm nor aten.mm)')
     total = sum(sum(ms) for ms in times.values()) / a.steps
     print(f'all products: {total:.3f} ms/step of the {window:.3f} ms/step these steps took ({100 * total / window:.0f}%)')
 

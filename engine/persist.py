@@ -44,9 +44,8 @@ class RunFiles:
 
     def start_logs(self, model, epoch: int) -> list[dict]:
         """On rank 0: make the log folder, write ``run.json`` for ``model`` (a start at
-        ``epoch``) and cut
-        ``metrics.jsonl`` back to the epochs before ``epoch``, the first to train; returns the
-        records kept (``[]`` on the other ranks)."""
+        ``epoch``, the first to train) and cut ``metrics.jsonl`` back to the epochs before
+        it; returns the records kept (``[]`` on the other ranks)."""
         if not self.config.is_main:
             return []
         self.log_dir.mkdir(parents=True, exist_ok=True)

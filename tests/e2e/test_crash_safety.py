@@ -16,7 +16,7 @@ import torch
 
 import engine
 from engine import safety
-from helpers import REPO, read_metrics, run_script, stand_in, strip_times, tensorboard_tags
+from helpers import REPO, mnist_main, read_metrics, run_script, stand_in, strip_times, tensorboard_tags
 from mnist import mnist
 
 sys.path.insert(0, str(REPO / 'benchmarks'))
@@ -32,7 +32,7 @@ SETS = (stand_in(32, 0, (1, 28, 28)), stand_in(16, 1, (1, 28, 28)))          # 4
 
 
 def train(dump, *extra, flags=FLAGS):
-    return engine.main(mnist.EXPERIMENT, [*flags, '--dump-dir', str(dump), *map(str, extra)], datasets=SETS)
+    return mnist_main(*flags, '--dump-dir', str(dump), *map(str, extra), datasets=SETS)
 
 
 def one_line(capsys):

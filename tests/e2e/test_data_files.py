@@ -20,7 +20,7 @@ import torchvision
 import engine
 from c10 import c10
 from engine import datafiles
-from helpers import REPO
+from helpers import REPO, mnist_main
 from mnist import mnist
 
 REAL_RAW = REPO / 'data' / 'MNIST' / 'raw'
@@ -139,7 +139,7 @@ def test_right_size_one_flipped_byte_is_caught_by_md5(mnist_root, tmp_path, monk
     assert (raw / 't10k-labels-idx1-ubyte').stat().st_mtime_ns != before
     _no_fetch(monkeypatch)
     dump = tmp_path / 'dump'
-    assert engine.main(mnist.EXPERIMENT, [*ARGV, '--dataset-dir', str(mnist_root), '--dump-dir', str(dump)]) == 2
+    assert mnist_main(*ARGV, '--dataset-dir', str(mnist_root), '--dump-dir', str(dump)) == 2
     err = capsys.readouterr().err.splitlines()
     path = raw / 't10k-labels-idx1-ubyte'
     assert err[0] == (f'{path} is damaged (wrong MD5 sum); set aside as t10k-labels-idx1-ubyte.damaged; '

@@ -15,8 +15,8 @@ from torch.utils.data import TensorDataset
 import engine
 from c10 import c10
 from engine.data import ReleasedPipeline, make_pipeline
-from helpers import (REPO, config_for, ensure_real_mnist, read_metrics, run_script, stand_in, strip_times,
-                     tensorboard_tags)
+from helpers import (REPO, config_for, ensure_real_mnist, mnist_main, read_metrics, run_script, stand_in,
+                     strip_times, tensorboard_tags)
 from mnist import mnist
 
 MNIST = REPO / 'mnist' / 'mnist.py'
@@ -53,8 +53,8 @@ def test_a_train_size_that_b_does_not_divide_drops_the_rest(mnist_sets, tmp_path
 
 def test_train_set_smaller_than_a_batch_is_one_line(tmp_path, capsys):
     tiny = TensorDataset(torch.zeros(5, 1, 28, 28), torch.zeros(5, dtype=torch.long))
-    status = engine.main(mnist.EXPERIMENT, ['-m', 'no_prune', '-b', '8', '--device', 'cpu',
-                                            '--dump-dir', str(tmp_path / 'dump')], datasets=(tiny, tiny))
+    status = mnist_main('-m', 'no_prune', '-b', '8', '--device', 'cpu',
+                        '--dump-dir', str(tmp_path / 'dump'), datasets=(tiny, tiny))
     assert status == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line == ('mnist.py: error: -b 8: the training set has only 5 samples, fewer than one batch '
@@ -74,7 +74,7 @@ SETS = (stand_in(32, 0, (1, 28, 28)), stand_in(16, 1, (1, 28, 28)))
 
 
 def test_a_fresh_run_trains_epochs_0_to_N(tmp_path):
-    assert engine.main(mnist.EXPERIMENT, [*SMALL, '-N', '2', '--dump-dir', str(tmp_path)], datasets=SETS) == 0
+    assert mnist_main(*SMALL, '-N', '2', '--dump-dir', str(tmp_path), datasets=SETS) == 0
     (log_dir,) = (tmp_path / 'logs').iterdir()
     records = read_metrics(log_dir)
     assert [r['epoch'] for r in records] == [0, 1, 2]
@@ -86,7 +86,7 @@ def test_tensorboard_after_a_crash_between_metrics_line_and_checkpoint(tmp_path,
     """Epoch 1 is logged (TensorBoard and metrics.jsonl) but its checkpoint is never written;
     the resumed run trains epoch 1 again. Every tag ends with one point per epoch."""
     clean, crashed = tmp_path / 'clean', tmp_path / 'crashed'
-    assert engine.main(mnist.EXPERIMENT, [*SMALL, '-N', '2', '--dump-dir', str(clean)], datasets=SETS) == 0
+    assert mnist_main(*SMALL, '-N', '2', '--dump-dir', str(clean), datasets=SETS) == 0
     save = engine.persist.RunFiles.save
 
     def crash_at_epoch_1(files, state, epoch):
@@ -96,11 +96,11 @@ def test_tensorboard_after_a_crash_between_metrics_line_and_checkpoint(tmp_path,
 
     monkeypatch.setattr(engine.persist.RunFiles, 'save', crash_at_epoch_1)
     with pytest.raises(KeyboardInterrupt):
-        engine.main(mnist.EXPERIMENT, [*SMALL, '-N', '2', '--dump-dir', str(crashed)], datasets=SETS)
+        mnist_main(*SMALL, '-N', '2', '--dump-dir', str(crashed), datasets=SETS)
     monkeypatch.setattr(engine.persist.RunFiles, 'save', save)
     (name,) = [p.name for p in (crashed / 'logs').iterdir()]
     assert [r['epoch'] for r in read_metrics(crashed / 'logs' / name)] == [0, 1]   # logged, not saved
-    assert engine.main(mnist.EXPERIMENT, [*SMALL, '-N', '2', '--dump-dir', str(crashed)], datasets=SETS) == 0
+    assert mnist_main(*SMALL, '-N', '2', '--dump-dir', str(crashed), datasets=SETS) == 0
 
     acc, tags = tensorboard_tags(crashed / 'logs' / name)
     ref, ref_tags = tensorboard_tags(clean / 'logs' / name)
@@ -118,12 +118,12 @@ def test_tensorboard_after_a_crash_between_metrics_line_and_checkpoint(tmp_path,
 
 
 def test_resume_with_other_workers_is_refused(tmp_path, capsys):
-    assert engine.main(mnist.EXPERIMENT, [*SMALL, '-N', '0', '--data-pipeline', 'released',
-                                          '--dump-dir', str(tmp_path / 'released')], datasets=SETS) == 0
+    assert mnist_main(*SMALL, '-N', '0', '--data-pipeline', 'released',
+                      '--dump-dir', str(tmp_path / 'released'), datasets=SETS) == 0
     argv = [*SMALL, '-N', '1', '--data-pipeline', 'released', '--dump-dir', str(tmp_path / 'released')]
     argv[argv.index('--workers') + 1] = '2'
     capsys.readouterr()
-    assert engine.main(mnist.EXPERIMENT, argv, datasets=SETS) == 2
+    assert mnist_main(*argv, datasets=SETS) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith('mnist.py: error: --workers 2: run lr-1e-3-b-8-T-8-penalty-1e-3-s-0.95-grad')
     assert line.endswith('was trained with --workers 0; resume it with --workers 0')
@@ -187,8 +187,8 @@ def test_deep_r_resumes_through_a_checkpoint(deep_runs, tmp_path):
     reference is the script's own run."""
     models, records = deep_runs['released']
     argv = [*DEEP, '--dump-dir', str(tmp_path)]
-    assert engine.main(mnist.EXPERIMENT, [*argv, '-N', '0']) == 0
-    assert engine.main(mnist.EXPERIMENT, argv) == 0
+    assert mnist_main(*argv, '-N', '0') == 0
+    assert mnist_main(*argv) == 0
     (resumed_models,) = (tmp_path / 'models').iterdir()
     resumed = read_metrics(tmp_path / 'logs' / resumed_models.name)
     assert strip_times(resumed) == strip_times(records)

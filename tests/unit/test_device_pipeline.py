@@ -9,7 +9,7 @@ from torchvision.transforms import functional as TF
 
 import engine
 from engine.augment import affine_params, crop_flip, crop_flip_params, epoch_draws
-from helpers import config_for, read_metrics, stand_in, strip_times
+from helpers import config_for, mnist_main, read_metrics, stand_in, strip_times
 from mnist import mnist
 
 def test_batched_crop_flip_matches_torchvision_exactly():
@@ -63,9 +63,9 @@ SMALL = ['-m', 'grad', '-s', '0.95', '-b', '8', '-i1', '1', '--device', 'cpu', '
 
 def test_device_path_resumes_bit_exactly(tmp_path):
     straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
-    assert engine.main(mnist.EXPERIMENT, [*SMALL, '-N', '2', '--dump-dir', str(straight)], datasets=STAND_IN) == 0
-    assert engine.main(mnist.EXPERIMENT, [*SMALL, '-N', '0', '--dump-dir', str(resumed)], datasets=STAND_IN) == 0
-    assert engine.main(mnist.EXPERIMENT, [*SMALL, '-N', '2', '--dump-dir', str(resumed)], datasets=STAND_IN) == 0
+    assert mnist_main(*SMALL, '-N', '2', '--dump-dir', str(straight), datasets=STAND_IN) == 0
+    assert mnist_main(*SMALL, '-N', '0', '--dump-dir', str(resumed), datasets=STAND_IN) == 0
+    assert mnist_main(*SMALL, '-N', '2', '--dump-dir', str(resumed), datasets=STAND_IN) == 0
     (name,) = [p.name for p in (straight / 'logs').iterdir()]
     assert strip_times(read_metrics(straight / 'logs' / name)) == strip_times(read_metrics(resumed / 'logs' / name))
     a, b = (torch.load(d / 'models' / name / 'checkpoint.pt', weights_only=True) for d in (straight, resumed))
@@ -75,10 +75,10 @@ def test_device_path_resumes_bit_exactly(tmp_path):
 
 
 def test_resume_with_the_other_pipeline_is_one_line(tmp_path, capsys):
-    assert engine.main(mnist.EXPERIMENT, [*SMALL, '-N', '0', '--dump-dir', str(tmp_path)], datasets=STAND_IN) == 0
+    assert mnist_main(*SMALL, '-N', '0', '--dump-dir', str(tmp_path), datasets=STAND_IN) == 0
     capsys.readouterr()
-    assert engine.main(mnist.EXPERIMENT, [*SMALL, '-N', '1', '--data-pipeline', 'released', '--workers', '0',
-                                          '--dump-dir', str(tmp_path)], datasets=STAND_IN) == 2
+    assert mnist_main(*SMALL, '-N', '1', '--data-pipeline', 'released', '--workers', '0',
+                      '--dump-dir', str(tmp_path), datasets=STAND_IN) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line == ('mnist.py: error: --data-pipeline released: run lr-1e-3-b-8-T-8-penalty-1e-3-s-0.95-grad '
                     'was trained with --data-pipeline device; resume it with --data-pipeline device')
@@ -87,7 +87,7 @@ def test_resume_with_the_other_pipeline_is_one_line(tmp_path, capsys):
 def test_amp_without_bfloat16_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cpu, '_is_avx512_bf16_supported', lambda: False)
     monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda: False)
-    assert engine.main(mnist.EXPERIMENT, [*SMALL, '--amp', '--dump-dir', str(tmp_path / 'd')], datasets=STAND_IN) == 2
+    assert mnist_main(*SMALL, '--amp', '--dump-dir', str(tmp_path / 'd'), datasets=STAND_IN) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith('mnist.py: error: --amp: cpu has no native bfloat16 support')
     assert not (tmp_path / 'd').exists()
@@ -96,7 +96,7 @@ def test_amp_without_bfloat16_is_one_line(tmp_path, capsys, monkeypatch):
 def test_compile_without_a_compiler_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(engine.cli.shutil, 'which', lambda name: None)
     argv = [a for a in SMALL if a != '--no-compile']
-    assert engine.main(mnist.EXPERIMENT, [*argv, '--compile', '--dump-dir', str(tmp_path / 'd')], datasets=STAND_IN) == 2
+    assert mnist_main(*argv, '--compile', '--dump-dir', str(tmp_path / 'd'), datasets=STAND_IN) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith('mnist.py: error: --compile: no C++ compiler') and 'use --no-compile' in line
     config = config_for(mnist.EXPERIMENT, *argv, '--dump-dir', tmp_path / 'd')
@@ -117,8 +117,8 @@ def test_amp_keeps_float32_state_where_bfloat16_is_native(tmp_path):
         train_epoch(model, opt, batches, 10, 0, 1, lambda *a: None, amp=True)
         state = opt['synapse'].state[model.static_fc[1].weight]
     else:
-        assert engine.main(mnist.EXPERIMENT, [*SMALL, '-N', '0', '--amp', '--dump-dir', str(tmp_path)],
-                           datasets=STAND_IN) == 0
+        assert mnist_main(*SMALL, '-N', '0', '--amp', '--dump-dir', str(tmp_path),
+                          datasets=STAND_IN) == 0
         (models,) = (tmp_path / 'models').iterdir()
         state = torch.load(models / 'checkpoint.pt', weights_only=True)['optimizers']['synapse']['state'][0]
     for key in ('exp_avg', 'exp_avg_sq', 'strength'):

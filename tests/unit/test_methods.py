@@ -7,11 +7,10 @@ import json
 import pytest
 import torch
 
-import engine
 import report
 import sweep
 from engine import methods
-from helpers import config_for, read_metrics, stand_in, strip_times, tensorboard_tags
+from helpers import config_for, mnist_main, read_metrics, stand_in, strip_times, tensorboard_tags
 from mnist import mnist
 from snn import synapse_parameters
 
@@ -54,7 +53,7 @@ def toy_method():
 
 def test_a_method_registered_here_is_trained_named_logged_tested_reported_and_swept(toy_method, tmp_path, capsys):
     argv = ['-m', 'magnitude', '-s', '0.75', *SMALL, '-N', '1', '--dump-dir', str(tmp_path / 'runs')]
-    assert engine.main(mnist.EXPERIMENT, argv, datasets=STAND_IN) == 0
+    assert mnist_main(*argv, datasets=STAND_IN) == 0
     name = 'lr-1e-3-b-8-T-8-s-0.75-magnitude'
     log_dir = tmp_path / 'runs' / 'logs' / name
     records = read_metrics(log_dir)
@@ -67,7 +66,7 @@ def test_a_method_registered_here_is_trained_named_logged_tested_reported_and_sw
     assert 'static_fc.1.weight-w' in tags['histograms']
     assert not any(t.endswith('-theta') for t in tags['histograms'])      # it has no hidden strength
     capsys.readouterr()
-    assert engine.main(mnist.EXPERIMENT, [*argv, '-test'], datasets=STAND_IN) == 0
+    assert mnist_main(*argv, '-test', datasets=STAND_IN) == 0
     out = capsys.readouterr().out
     assert f'run {name}, checkpoint of epoch 1' in out and 'sparsity 0.7500' in out
     assert report.main([str(tmp_path / 'runs'), '--out', str(tmp_path / 'report')]) == 0
@@ -82,7 +81,7 @@ def test_a_method_registered_here_is_trained_named_logged_tested_reported_and_sw
 
 def test_a_toy_methods_own_check_is_one_line(toy_method, tmp_path, capsys):
     argv = ['-m', 'magnitude', '-s', '1.5', *SMALL, '--dump-dir', str(tmp_path / 'runs')]
-    assert engine.main(mnist.EXPERIMENT, argv, datasets=STAND_IN) == 2
+    assert mnist_main(*argv, datasets=STAND_IN) == 2
     assert capsys.readouterr().err == ('mnist.py: error: -s (fraction pruned) must satisfy 0 <= s < 1 '
                                        'with -m magnitude, got 1.5\n')
     assert not (tmp_path / 'runs').exists()
@@ -116,10 +115,10 @@ STDS = ['-m', 'stds', '--flat-width', '0.02', *SMALL]
 def test_stds_trains_logs_its_width_and_resumes_bit_exactly(tmp_path):
     straight, resumed, raised = tmp_path / 'straight', tmp_path / 'resumed', tmp_path / 'raised'
     name = 'lr-1e-3-b-8-T-8-flat-0.02-stmod-sine-stds'
-    assert engine.main(mnist.EXPERIMENT, [*STDS, '-N', '2', '--dump-dir', str(straight)], datasets=STAND_IN) == 0
+    assert mnist_main(*STDS, '-N', '2', '--dump-dir', str(straight), datasets=STAND_IN) == 0
     epoch0 = straight / 'models' / name / 'checkpoint-0.pt'
-    assert engine.main(mnist.EXPERIMENT, [*STDS, '-N', '2', '--dump-dir', str(resumed), '--resume-from', str(epoch0)],
-                       datasets=STAND_IN) == 0
+    assert mnist_main(*STDS, '-N', '2', '--dump-dir', str(resumed), '--resume-from', str(epoch0),
+                      datasets=STAND_IN) == 0
     a, b = read_metrics(straight / 'logs' / name), read_metrics(resumed / 'logs' / name)
     assert strip_times(a)[1:] == strip_times(b)
     # 6 steps an epoch, 18 in all: d after epoch e is D (1 + sin(pi (6 (e + 1) / 18 - 1/2))) / 2,
@@ -133,8 +132,8 @@ def test_stds_trains_logs_its_width_and_resumes_bit_exactly(tmp_path):
     _, tags = tensorboard_tags(straight / 'logs' / name)
     assert 'flat_width' in tags['scalars'] and 'static_fc.1.weight-theta' in tags['histograms']
     # Raising -N keeps the schedule of the run's start (6 steps): the added epochs train at d = D.
-    assert engine.main(mnist.EXPERIMENT, [*STDS, '-N', '0', '--dump-dir', str(raised)], datasets=STAND_IN) == 0
-    assert engine.main(mnist.EXPERIMENT, [*STDS, '-N', '2', '--dump-dir', str(raised)], datasets=STAND_IN) == 0
+    assert mnist_main(*STDS, '-N', '0', '--dump-dir', str(raised), datasets=STAND_IN) == 0
+    assert mnist_main(*STDS, '-N', '2', '--dump-dir', str(raised), datasets=STAND_IN) == 0
     assert [r['flat_width'] for r in read_metrics(raised / 'logs' / name)] == [0.02, 0.02, 0.02]
 
 
@@ -151,7 +150,7 @@ def test_stds_trains_logs_its_width_and_resumes_bit_exactly(tmp_path):
 ])
 def test_stds_bad_input_is_one_line_before_any_file(argv, line, tmp_path, capsys):
     try:
-        status = engine.main(mnist.EXPERIMENT, [*argv, '--dump-dir', str(tmp_path / 'runs')], datasets=STAND_IN)
+        status = mnist_main(*argv, '--dump-dir', str(tmp_path / 'runs'), datasets=STAND_IN)
     except SystemExit as stop:          # argparse's own errors
         status = stop.code
     assert status == 2

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from engine.cli import cpu_cores
 from engine.config import REPO_ROOT, RunConfig
 from snn import synapses
 
@@ -48,7 +49,7 @@ kernels compute a run's numbers (the top-level ``flags`` are the latest start's)
 def machine(device: torch.device | str = 'cpu', cpuinfo: Path = Path('/proc/cpuinfo')) -> dict:
     """What a run trains on: ``{'cpu': model name, 'cpu_flags': [those of CPU_FLAGS it has],
     'cpu_capability': the vector kernels ATen uses (``torch.backends.cpu``, e.g. 'AVX2'),
-    'cores': cores this process may use (None if unknown), 'torch': version}``, plus ``'gpu'``
+    'cores': cores this process may use (:func:`engine.cli.cpu_cores`), 'torch': version}``, plus ``'gpu'``
     (the device's name, 'unknown' if it cannot be read) for a CUDA device.
 
     The CPU's name and flags come from ``cpuinfo`` (Linux x86; ARM's lists no name or
@@ -66,10 +67,9 @@ def machine(device: torch.device | str = 'cpu', cpuinfo: Path = Path('/proc/cpui
                     break
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
     info = {'cpu': name or platform.processor() or 'unknown',
             'cpu_flags': [f for f in CPU_FLAGS if f in flags],
-            'cpu_capability': torch.backends.cpu.get_cpu_capability(), 'cores': cores,
+            'cpu_capability': torch.backends.cpu.get_cpu_capability(), 'cores': cpu_cores(),
             'torch': torch.__version__}
     device = torch.device(device)
     if device.type == 'cuda':
@@ -124,6 +124,8 @@ def run_info(config: RunConfig, model: nn.Module, epoch: int = 0, earlier: list 
 
 
 def _readable_start(start) -> bool:
+    """Whether ``start`` (an entry of ``run.json``'s ``starts``) is a dict whose ``epoch`` is a
+    whole number >= 0 or None."""
     epoch = start.get('epoch', '') if isinstance(start, dict) else ''
     return epoch is None or (type(epoch) is int and epoch >= 0)
 

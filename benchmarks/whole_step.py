@@ -1,0 +1,139 @@
+"""The MNIST training step compiled as one graph (compiled autograd) against the default step,
+side by side, on the CPU.
+
+Two ways to run the step of ``mnist.py -m grad -s 0.95 --device cpu`` (real MNIST, the device
+data path, ``--threads``):
+
+- ``default``: what a run does (``engine.loop.train_epoch``'s operations): the network's
+  forward ``torch.compile``d, the loss and the backward through the autograd engine, the
+  optimizers' own compiled update, ``reset_net``;
+- ``whole``: forward, loss and backward inside one ``torch.compile``d function with
+  ``torch._dynamo.config.compiled_autograd`` on, so that the backward is traced into the same
+  compiled graph; the optimizers and ``reset_net`` as in ``default``.
+
+Each variant runs in a fresh interpreter, once per round, the order alternating from round to
+round: ``--warmup`` steps (the compile warm-up), then ``--steps`` timed steps, each step
+timed with ``time.perf_counter`` up to its loss's ``.item()``. It prints per run the median and
+mean milliseconds per timed step, the warm-up seconds, and a checksum of the run (the losses
+of every step and the sum of the weights after the last step, as float64), then per variant
+the median over rounds and its ratio to ``default``, and whether every run's checksum equals
+the first ``default`` run's (same bits).
+
+Usage: python benchmarks/whole_step.py [--threads 1] [--rounds 2] [--warmup 40] [--steps 80]
+       [--dataset-dir data]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+VARIANTS = ('default', 'whole')
+
+
+def one(variant: str, threads: int, warmup: int, steps: int, dataset_dir: str) -> dict:
+    """Build the run, take the first ``warmup + steps`` batches of epoch 0, train on them with
+    ``variant``'s step and return its timings and checksum."""
+    import torch
+    import torch.nn.functional as F
+    from spikingjelly.activation_based import functional
+
+    import engine
+    from mnist.mnist import EXPERIMENT
+
+    argv = ['-m', 'grad', '-s', '0.95', '--device', 'cpu', '--threads', str(threads),
+            '--dump-dir', tempfile.mkdtemp(), '--dataset-dir', dataset_dir, '--compile']
+    config = engine.resolve(EXPERIMENT, engine.build_parser(EXPERIMENT).parse_args(argv))
+    torch.set_num_threads(config.threads)
+    run = engine.Run(EXPERIMENT, config, EXPERIMENT.load_datasets(config))
+    batches = [b for b, _ in zip(run.data.train_batches(0), range(warmup + steps))]
+    model, optimizers = run.model, list(run.optimizers.values())
+    classes = EXPERIMENT.num_classes
+
+    def loss_of(rate, label):
+        return F.mse_loss(rate.float(), F.one_hot(label, classes).float())
+
+    if variant == 'default':
+        def forward_backward(img, label):
+            loss = loss_of(run.forward(img), label)
+            loss.backward()
+            return loss
+    else:
+        torch._dynamo.config.compiled_autograd = True
+
+        @torch.compile
+        def forward_backward(img, label):
+            loss = loss_of(model(img), label)
+            loss.backward()
+            return loss
+
+    losses, seconds = [], []
+    t_warm = time.perf_counter()
+    for i, (img, label) in enumerate(batches):
+        if i == warmup:
+            t_warm = time.perf_counter() - t_warm
+        t0 = time.perf_counter()
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss = forward_backward(img, label)
+        for opt in optimizers:
+            opt.step()
+        functional.reset_net(model)
+        losses.append(loss.item())
+        seconds.append(time.perf_counter() - t0)
+    timed = seconds[warmup:]
+    return {'median_ms': statistics.median(timed) * 1e3, 'mean_ms': statistics.mean(timed) * 1e3,
+            'warmup_s': t_warm, 'losses': losses,
+            'weight_sum': sum(p.detach().double().sum().item() for p in model.parameters())}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--rounds', type=int, default=2)
+    p.add_argument('--warmup', type=int, default=40)
+    p.add_argument('--steps', type=int, default=80)
+    p.add_argument('--dataset-dir', default=str(REPO / 'data'))
+    p.add_argument('--one', default=None, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.one is not None:
+        print(json.dumps(one(a.one, a.threads, a.warmup, a.steps, a.dataset_dir)))
+        return
+    import torch
+    print(f'# MNIST -m grad -s 0.95 step, {a.threads} thread(s), torch {torch.__version__}: '
+          f'{a.warmup} warm-up steps, {a.steps} timed')
+    results: dict = {v: [] for v in VARIANTS}
+    reference = None
+    for r in range(a.rounds):
+        for variant in (VARIANTS if r % 2 == 0 else VARIANTS[::-1]):
+            done = subprocess.run([sys.executable, __file__, '--one', variant, '--threads', str(a.threads),
+                                   '--warmup', str(a.warmup), '--steps', str(a.steps),
+                                   '--dataset-dir', a.dataset_dir], capture_output=True, text=True, cwd=REPO)
+            if done.returncode != 0:
+                sys.exit(f'whole_step.py: {variant} failed: {done.stderr.strip().splitlines()[-1:]}')
+            out = json.loads(done.stdout.strip().splitlines()[-1])
+            checksum = (out['losses'], out['weight_sum'])
+            if reference is None and variant == 'default':
+                reference = checksum
+            out['same_bits'] = reference is None or checksum == reference
+            results[variant].append(out)
+            print(f"round {r} {variant:8s} {out['median_ms']:7.2f} ms/step (mean {out['mean_ms']:.2f}), "
+                  f"warm-up {out['warmup_s']:.1f} s, last loss {out['losses'][-1]:.8f}, "
+                  f"weight sum {out['weight_sum']:.10f}", flush=True)
+    base = statistics.median(o['median_ms'] for o in results['default'])
+    for variant, outs in results.items():
+        ms = statistics.median(o['median_ms'] for o in outs)
+        same = all(o['same_bits'] for o in outs) if reference is not None else None
+        print(f'{variant:8s} median {ms:7.2f} ms/step, {base / ms:.2f}x the default step; '
+              f'losses and weights equal to the default run\'s: {same}')
+
+
+if __name__ == '__main__':
+    main()

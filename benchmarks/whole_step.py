@@ -8,8 +8,12 @@ data path, ``--threads``):
   forward ``torch.compile``d, the loss and the backward through the autograd engine, the
   optimizers' own compiled update, ``reset_net``;
 - ``whole``: forward, loss and backward inside one ``torch.compile``d function with
-  ``torch._dynamo.config.compiled_autograd`` on, so that the backward is traced into the same
-  compiled graph; the optimizers and ``reset_net`` as in ``default``.
+  ``torch._dynamo.config.compiled_autograd`` on: the forward and the loss are one graph, and
+  the backward is compiled by compiled autograd as a second graph (in torch 2.14 the call to
+  ``backward`` is a graph break; tracing it into the forward's graph with
+  ``trace_autograd_ops`` needs the membrane potentials reset inside the function, and that
+  compile did not finish within 5 minutes here); the optimizers and ``reset_net`` as in
+  ``default``.
 
 Each variant runs in a fresh interpreter, once per round, the order alternating from round to
 round: ``--warmup`` steps (the compile warm-up), then ``--steps`` timed steps, each step

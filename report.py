@@ -15,9 +15,10 @@ layout of the runs kept in ``docs/results/``) and writes into ``--out`` (default
   seed grouped: mean, sample standard deviation and number of runs of the final and best
   accuracy, of the accuracy averaged over the last :data:`TAIL_EPOCHS` epochs and of the
   connectivity (columns :data:`SUMMARY_COLUMNS`);
-- ``accuracy_vs_connectivity.png`` / ``.svg``: final test accuracy against connectivity (log
+- ``accuracy_vs_connectivity.png`` / ``.svg``: test accuracy against connectivity (log
   scale), one point per setting with error bars of one standard deviation over the seeds,
-  one series per (method, data set), as in the comparison figure of Chen et al. 2021;
+  one series per (method, data set): the final accuracy, as in the comparison figure of Chen
+  et al. 2021, and beside it the accuracy averaged over the last :data:`TAIL_EPOCHS` epochs;
 - ``curves.png``: test accuracy and connectivity against epoch, one line per run, labelled
   by method, setting and seed.
 
@@ -320,37 +321,47 @@ def write_tables(columns: list[str], values: list[list], out: Path) -> None:
     (out / 'results.md').write_text('\n'.join(lines) + '\n')
 
 
+PANELS = (('final_acc', 'final test accuracy (%)'),
+          ('tail_acc', f'test accuracy, mean of the last {TAIL_EPOCHS} epochs (%)'))
+"""The two panels of ``accuracy_vs_connectivity``: summary column prefix and axis label."""
+
+
 def plot_accuracy_vs_connectivity(summary: list[dict], out: Path) -> None:
-    """``accuracy_vs_connectivity.png`` and ``.svg``: mean final test accuracy (%) against
-    mean connectivity (%, log scale), one point per setting with error bars of one standard
-    deviation over its seeds, one series per (method, data set)."""
+    """``accuracy_vs_connectivity.png`` and ``.svg``: test accuracy (%) against mean
+    connectivity (%, log scale), one point per setting with error bars of one standard
+    deviation over its seeds, one series per (method, data set). Left panel: the mean final
+    accuracy, as in the paper's figure; right panel: the mean over the seeds of the accuracy
+    averaged over each run's last :data:`TAIL_EPOCHS` epochs (:data:`PANELS`)."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FormatStrFormatter
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    series = {}
-    for row in summary:
-        if row['final_acc_mean'] is not None and row['connectivity_mean']:
-            series.setdefault((row['method'], row['dataset']), []).append(
-                (row['connectivity_mean'], row['final_acc_mean'], row['connectivity_sd'] or 0.0,
-                 row['final_acc_sd'] or 0.0))
-    for (method, dataset), points in sorted(series.items(), key=lambda kv: _sort_key(
-            {'dataset': kv[0][1], 'method': kv[0][0], 'penalty': 0, 's': 0, 'run': ''})):
-        x, y, xerr, yerr = zip(*sorted(points))
-        known = METHODS.get(method)
-        style = {'marker': 'o', 'markersize': 6, **(known.style if known is not None else {})}
-        ax.errorbar(x, y, yerr=yerr, xerr=xerr, capsize=3, **style,
-                    label=f'{known.label if known is not None else method} ({dataset})')
-    ax.set_xscale('log')
-    ax.xaxis.set_major_formatter(FormatStrFormatter('%g'))      # 1, 10, 100 rather than 10^k
-    xs = [p[0] for points in series.values() for p in points]
-    if xs and max(xs) < 10 * min(xs):                           # within a decade: label minors
-        ax.xaxis.set_minor_formatter(FormatStrFormatter('%g'))
-    ax.set_xlabel('connectivity (% of synapses kept, log scale)')
-    ax.set_ylabel('final test accuracy (%)')
-    ax.set_title('Accuracy against connectivity')
-    ax.grid(True, which='both', alpha=0.3)
-    if series:
-        ax.legend()
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(11.5, 4.6))
+    xs = []
+    for ax, (key, ylabel) in zip(axes, PANELS):
+        series = {}
+        for row in summary:
+            if row[f'{key}_mean'] is not None and row['connectivity_mean']:
+                series.setdefault((row['method'], row['dataset']), []).append(
+                    (row['connectivity_mean'], row[f'{key}_mean'], row['connectivity_sd'] or 0.0,
+                     row[f'{key}_sd'] or 0.0))
+        for (method, dataset), points in sorted(series.items(), key=lambda kv: _sort_key(
+                {'dataset': kv[0][1], 'method': kv[0][0], 'penalty': 0, 's': 0, 'run': ''})):
+            x, y, xerr, yerr = zip(*sorted(points))
+            xs += x
+            known = METHODS.get(method)
+            style = {'marker': 'o', 'markersize': 6, **(known.style if known is not None else {})}
+            ax.errorbar(x, y, yerr=yerr, xerr=xerr, capsize=3, **style,
+                        label=f'{known.label if known is not None else method} ({dataset})')
+        ax.set_xscale('log')
+        ax.xaxis.set_major_formatter(FormatStrFormatter('%g'))      # 1, 10, 100 rather than 10^k
+        ax.set_xlabel('connectivity (% of synapses kept, log scale)')
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which='both', alpha=0.3)
+        if series:
+            ax.legend(fontsize='small')
+    if xs and max(xs) < 10 * min(xs):                               # within a decade: label minors
+        for ax in axes:
+            ax.xaxis.set_minor_formatter(FormatStrFormatter('%g'))
+    fig.suptitle('Accuracy against connectivity (error bars: one sd over the seeds)')
     fig.tight_layout()
     fig.savefig(out / 'accuracy_vs_connectivity.png', dpi=150)
     with plt.rc_context({'svg.hashsalt': PROG}):      # the same runs give the same file

@@ -146,3 +146,37 @@ def test_code_column_names_the_code_versions_that_trained_a_run_in_order():
     assert report.code_versions({'starts': starts, 'code_version': 'c3'}) == 'a1+b2+a1+c3'
     assert report.code_versions({'code_version': '89b8dfe'}) == '89b8dfe'      # before 'starts'
     assert report.code_versions({}) == ''
+
+
+def test_figure_panels_hold_final_and_last_epochs_means_with_seed_sd(tmp_path, monkeypatch):
+    """accuracy_vs_connectivity: left panel mean final accuracy, right panel mean of the
+    last-16-epoch means, each with one seed sd as its error bar, x the mean connectivity."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    root = tmp_path / 'mnist'
+    grad = 'lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-grad'
+    # 17 epochs each: the last 16 average to the tail mean. Seed 2020: epoch 0 at 0.5, then 0.96
+    # (tail 96, final 96); seed 2021: 0.5, then 0.98 x 15 and a final 0.99 (tail (15 * 98 + 99) /
+    # 16 = 98.0625, final 99). Means: final 97.5 (sd 3 / sqrt 2), tail 97.03125 (sd 1.4584...).
+    for seed, accs in ((2020, [0.5] + [0.96] * 16), (2021, [0.5] + [0.98] * 15 + [0.99])):
+        name = grad if seed == 2020 else f'{grad}-seed-{seed}'
+        _run(root / name, name, 'grad', {'penalty': 1e-3, 's': 0.95, 'seed': seed}, accs, 0.9)
+    figures = []
+    monkeypatch.setattr(plt, 'close', figures.append)
+    assert report.main([str(root), '--out', str(tmp_path / 'out')]) == 0
+    (fig,) = [f for f in figures if len(f.axes) == 2 and f.axes[0].get_xscale() == 'log']
+    left, right = fig.axes
+    for ax, mean, sd in ((left, 97.5, 1.5 * math.sqrt(2)),
+                         (right, (96 + 98.0625) / 2, math.sqrt(2 * (98.0625 - 97.03125) ** 2))):
+        (line,) = ax.get_lines()[:1]
+        assert list(line.get_xdata()) == pytest.approx([10.0])
+        assert list(line.get_ydata()) == pytest.approx([mean])
+        # the vertical error bar: the segment at x = 10 with the larger y extent (the
+        # connectivity's sd is 0, so the horizontal bar is a point)
+        segments = [seg for c in ax.collections for seg in c.get_segments()]
+        vertical = max(segments, key=lambda seg: abs(seg[1][1] - seg[0][1]))
+        assert [p[0] for p in vertical] == pytest.approx([10.0, 10.0])
+        (low, high) = sorted(p[1] for p in vertical)
+        assert (low, high) == pytest.approx((mean - sd, mean + sd))
+    assert 'final' in left.get_ylabel() and 'last 16 epochs' in right.get_ylabel()

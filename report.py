@@ -331,7 +331,9 @@ def plot_accuracy_vs_connectivity(summary: list[dict], out: Path) -> None:
     connectivity (%, log scale), one point per setting with error bars of one standard
     deviation over its seeds, one series per (method, data set). Left panel: the mean final
     accuracy, as in the paper's figure; right panel: the mean over the seeds of the accuracy
-    averaged over each run's last :data:`TAIL_EPOCHS` epochs (:data:`PANELS`)."""
+    averaged over each run's last :data:`TAIL_EPOCHS` epochs (:data:`PANELS`). A setting
+    without that mean (a run shorter than :data:`TAIL_EPOCHS` epochs) is left out of the right
+    panel only, so the panels may show different points."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FormatStrFormatter
     fig, axes = plt.subplots(1, len(PANELS), figsize=(11.5, 4.6))

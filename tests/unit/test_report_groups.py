@@ -159,9 +159,10 @@ def test_figure_panels_hold_final_and_last_epochs_means_with_seed_sd(tmp_path, m
     # 17 epochs each: the last 16 average to the tail mean. Seed 2020: epoch 0 at 0.5, then 0.96
     # (tail 96, final 96); seed 2021: 0.5, then 0.98 x 15 and a final 0.99 (tail (15 * 98 + 99) /
     # 16 = 98.0625, final 99). Means: final 97.5 (sd 3 / sqrt 2), tail 97.03125 (sd 1.4584...).
-    for seed, accs in ((2020, [0.5] + [0.96] * 16), (2021, [0.5] + [0.98] * 15 + [0.99])):
+    # Connectivity 12% and 8%: mean 10, sd 4 / sqrt 2.
+    for seed, accs, sparsity in ((2020, [0.5] + [0.96] * 16, 0.88), (2021, [0.5] + [0.98] * 15 + [0.99], 0.92)):
         name = grad if seed == 2020 else f'{grad}-seed-{seed}'
-        _run(root / name, name, 'grad', {'penalty': 1e-3, 's': 0.95, 'seed': seed}, accs, 0.9)
+        _run(root / name, name, 'grad', {'penalty': 1e-3, 's': 0.95, 'seed': seed}, accs, sparsity)
     figures = []
     monkeypatch.setattr(plt, 'close', figures.append)
     assert report.main([str(root), '--out', str(tmp_path / 'out')]) == 0
@@ -172,11 +173,10 @@ def test_figure_panels_hold_final_and_last_epochs_means_with_seed_sd(tmp_path, m
         (line,) = ax.get_lines()[:1]
         assert list(line.get_xdata()) == pytest.approx([10.0])
         assert list(line.get_ydata()) == pytest.approx([mean])
-        # the vertical error bar: the segment at x = 10 with the larger y extent (the
-        # connectivity's sd is 0, so the horizontal bar is a point)
-        segments = [seg for c in ax.collections for seg in c.get_segments()]
-        vertical = max(segments, key=lambda seg: abs(seg[1][1] - seg[0][1]))
+        (horizontal, vertical) = sorted((seg for c in ax.collections for seg in c.get_segments()),
+                                        key=lambda seg: abs(seg[1][1] - seg[0][1]))
+        assert sorted(p[0] for p in horizontal) == pytest.approx([10 - 2 * math.sqrt(2), 10 + 2 * math.sqrt(2)])
+        assert [p[1] for p in horizontal] == pytest.approx([mean, mean])
         assert [p[0] for p in vertical] == pytest.approx([10.0, 10.0])
-        (low, high) = sorted(p[1] for p in vertical)
-        assert (low, high) == pytest.approx((mean - sd, mean + sd))
+        assert sorted(p[1] for p in vertical) == pytest.approx([mean - sd, mean + sd])
     assert 'final' in left.get_ylabel() and 'last 16 epochs' in right.get_ylabel()

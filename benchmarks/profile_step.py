@@ -62,6 +62,22 @@ def per_call_ms(fn, n: int) -> float:
     return sorted(rounds)[2]
 
 
+def build_run(threads: int, dataset_dir: str, compile: bool):
+    """The ``engine.Run`` of ``mnist.py -m grad -s 0.95 --device cpu --threads THREADS
+    --dataset-dir DATASET_DIR --[no-]compile`` (real MNIST, device data path), its dump
+    folder a fresh temporary one, torch set to ``threads`` threads."""
+    import torch
+
+    import engine
+    from mnist.mnist import EXPERIMENT
+    argv = ['-m', 'grad', '-s', '0.95', '--device', 'cpu', '--threads', str(threads),
+            '--dump-dir', tempfile.mkdtemp(), '--dataset-dir', dataset_dir,
+            '--compile' if compile else '--no-compile']
+    config = engine.resolve(EXPERIMENT, engine.build_parser(EXPERIMENT).parse_args(argv))
+    torch.set_num_threads(config.threads)
+    return engine.Run(EXPERIMENT, config, EXPERIMENT.load_datasets(config))
+
+
 def mm_times(run_steps, compiled: bool) -> dict:
     """``{(shape of A, shape of B): [ms per call]}`` of every matrix product while
     ``run_steps()`` runs: the compiled graphs' ``extern_kernels.mm`` calls when ``compiled``,
@@ -117,18 +133,13 @@ def main() -> None:
     from spikingjelly.activation_based import functional
     from torch.profiler import ProfilerActivity, profile
 
-    import engine
     from engine import safety
     from engine.augment import epoch_draws, normalise
     from engine.loop import train_epoch
     from mnist.mnist import EXPERIMENT
 
-    argv = ['-m', 'grad', '-s', '0.95', '--device', 'cpu', '--threads', str(a.threads),
-            '--dump-dir', tempfile.mkdtemp(), '--dataset-dir', a.dataset_dir,
-            '--compile' if a.compile else '--no-compile']
-    config = engine.resolve(EXPERIMENT, engine.build_parser(EXPERIMENT).parse_args(argv))
-    torch.set_num_threads(config.threads)
-    run = engine.Run(EXPERIMENT, config, EXPERIMENT.load_datasets(config))
+    run = build_run(a.threads, a.dataset_dir, a.compile)
+    config = run.config
     batches = (batch for epoch in itertools.count() for batch in run.data.train_batches(epoch))
     watch = safety.NonFiniteWatch(list(run.model.parameters()), 0, run.device)
 

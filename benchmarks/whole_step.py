@@ -36,7 +36,6 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -54,27 +53,20 @@ def time_variant(variant: str, threads: int, warmup: int, steps: int, dataset_di
     captured), ``'losses'`` (every step's loss) and ``'weight_sum'`` (float64 sum of the
     weights after the last step)."""
     import torch
-    import torch.nn.functional as F
     from spikingjelly.activation_based import functional
 
-    import engine
+    from benchmarks.profile_step import build_run
+    from engine.loop import rate_loss
     from mnist.mnist import EXPERIMENT
 
-    argv = ['-m', 'grad', '-s', '0.95', '--device', 'cpu', '--threads', str(threads),
-            '--dump-dir', tempfile.mkdtemp(), '--dataset-dir', dataset_dir, '--compile']
-    config = engine.resolve(EXPERIMENT, engine.build_parser(EXPERIMENT).parse_args(argv))
-    torch.set_num_threads(config.threads)
-    run = engine.Run(EXPERIMENT, config, EXPERIMENT.load_datasets(config))
+    run = build_run(threads, dataset_dir, compile=True)
     batches = [b for b, _ in zip(run.data.train_batches(0), range(warmup + steps))]
     model, optimizers = run.model, list(run.optimizers.values())
     classes = EXPERIMENT.num_classes
 
-    def loss_of(rate, label):
-        return F.mse_loss(rate.float(), F.one_hot(label, classes).float())
-
     if variant == 'default':
         def forward_backward(img, label):
-            loss = loss_of(run.forward(img), label)
+            loss = rate_loss(run.forward(img), label, classes)
             loss.backward()
             return loss
     else:
@@ -82,7 +74,7 @@ def time_variant(variant: str, threads: int, warmup: int, steps: int, dataset_di
 
         @torch.compile
         def forward_backward(img, label):
-            loss = loss_of(model(img), label)
+            loss = rate_loss(model(img), label, classes)
             loss.backward()
             return loss
 

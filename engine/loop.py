@@ -29,6 +29,13 @@ def _step_pause() -> tuple[int, float] | None:
     return int(step), float(seconds)
 
 
+def rate_loss(rate: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The training loss (``docs/method.md``, "Loss and prediction"): MSE between the output
+    firing rates ``rate`` [N, num_classes] (any float dtype, taken as float32) and the one-hot
+    labels of ``label`` [N] (class indices); a float32 scalar."""
+    return F.mse_loss(rate.float(), F.one_hot(label, num_classes).float())
+
+
 def train_epoch(model: nn.Module, optimizers: dict, batches: Iterable, num_classes: int,
                 step: int, i2: int, log_train: Callable[[int, float, float], None],
                 desc: str = 'train', forward: Callable | None = None,
@@ -67,7 +74,7 @@ def train_epoch(model: nn.Module, optimizers: dict, batches: Iterable, num_class
             time.sleep(pause[1])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             rate = forward(img)
-            loss = F.mse_loss(rate.float(), F.one_hot(label, num_classes).float())
+            loss = rate_loss(rate, label, num_classes)
         for opt in optimizers.values():
             opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -62,9 +62,9 @@ def run_variant(variant: str, batch: int, T: int, repeats: int, seed: int, threa
     import torch
     if threads > 0:
         torch.set_num_threads(threads)
-    import torch.nn.functional as F
     from spikingjelly.activation_based import functional
     from c10.model import CIFAR10SNN
+    from engine.loop import rate_loss
 
     torch.manual_seed(seed)
     dev = torch.device(device)
@@ -75,7 +75,6 @@ def run_variant(variant: str, batch: int, T: int, repeats: int, seed: int, threa
     images = torch.randn(batch, 3, 32, 32, generator=g)
     labels = torch.randint(0, 10, (batch,), generator=g)
     images, labels = images.to(dev), labels.to(dev)
-    target = F.one_hot(labels, 10).float()
 
     def sync():
         if dev.type == 'cuda':
@@ -93,7 +92,7 @@ def run_variant(variant: str, batch: int, T: int, repeats: int, seed: int, threa
     def step(record=False):
         optimizer.zero_grad(set_to_none=True)
         rate = model(images)
-        loss = F.mse_loss(rate, target)
+        loss = rate_loss(rate, labels, 10)
         loss.backward()
         if record:
             grad_norms.update({n: p.grad.norm().item() for n, p in model.named_parameters()})

@@ -74,7 +74,7 @@ class CIFAR10SNN(nn.Module):
 
         model = CIFAR10SNN(T=8)
         rate = model(images)            # [N, 10], spike count / T, in [0, 1]
-        loss = F.mse_loss(rate, F.one_hot(labels, 10).float())
+        loss = engine.loop.rate_loss(rate, labels, 10)   # MSE against one-hot labels
         ...
         functional.reset_net(model)     # REQUIRED after every batch
     """

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python report.py DUMP_DIR [DUMP_DIR ...] [--out DIR]
+    python report.py DUMP_DIR [DUMP_DIR ...] [--out DIR] [--keep-into DIR]
 
 Reads ``<DUMP_DIR>/logs/<run>/run.json`` (written when a run starts, ``engine/runinfo.py``)
 and ``metrics.jsonl`` (one record per epoch) of every run (also ``<DUMP_DIR>/<run>/``, the
@@ -24,6 +24,11 @@ layout of the runs kept in ``docs/results/``) and writes into ``--out`` (default
 
 The accuracy loss is measured against the mean final accuracy of the unpruned runs of the
 same data set and ``T``.
+
+``--keep-into DIR`` first copies every finished run of the DUMP_DIRs (its last epoch is its
+``-N``) into ``DIR/<run>/``, as ``docs/results/mnist/`` keeps them: ``metrics.jsonl`` byte for
+byte and ``run.json`` with each flag that is an absolute path reduced to its last component
+(:func:`keep_finished`). A run already in DIR is left as it is.
 
 Connectivity is the percentage of linked synapses (``|w| >= 1e-10``), BatchNorm never
 counted (``docs/method.md``, "Sparsity and rewiring counts"). Exit status 2, with one line
@@ -84,7 +89,8 @@ def read_records(path: Path) -> list[dict]:
 
 def load_runs(dump_dirs: list[Path]) -> list[dict]:
     """Every run under ``<dump_dir>/logs/`` that has a ``run.json``: ``{'info': run.json,
-    'records': metrics records}`` (records sorted by epoch, a repeated epoch's last one kept).
+    'records': metrics records, 'dir': its folder}`` (records sorted by epoch, a repeated
+    epoch's last one kept).
 
     Raises:
         ReportError: a dump folder does not exist.
@@ -108,7 +114,7 @@ def load_runs(dump_dirs: list[Path]) -> list[dict]:
                 continue
             metrics = log_dir / 'metrics.jsonl'
             by_epoch = {r['epoch']: r for r in read_records(metrics)} if metrics.exists() else {}
-            runs.append({'info': info, 'records': [by_epoch[e] for e in sorted(by_epoch)]})
+            runs.append({'info': info, 'records': [by_epoch[e] for e in sorted(by_epoch)], 'dir': log_dir})
     return runs
 
 
@@ -400,6 +406,41 @@ def plot_curves(runs: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
+def keep_finished(runs: list[dict], into: Path) -> tuple[list[str], list[str]]:
+    """Copy each finished run of ``runs`` (:func:`load_runs`; its last epoch is at least its
+    ``N``) into ``into/<run>/``, where the runs kept in the repository live.
+
+    ``metrics.jsonl`` is copied byte for byte; ``run.json`` is written with every flag whose
+    value is an absolute path replaced by the path's last component, so that no path of the
+    machine the run trained on is kept. Each run is written into a temporary folder renamed
+    into place, so an interrupted copy leaves no half run. A run whose folder already exists
+    in ``into`` is not touched.
+
+    Returns ``(kept, already)``: the names of the runs copied and of those already there.
+    Raises ``OSError`` when ``into`` cannot be written.
+    """
+    import shutil
+    kept, already = [], []
+    for run in runs:
+        info, records = run['info'], run['records']
+        if not records or records[-1]['epoch'] < info['flags']['N']:
+            continue
+        target = into / info['run']
+        if target.exists():
+            already.append(info['run'])
+            continue
+        flags = {k: (Path(v).name if isinstance(v, str) and Path(v).is_absolute() else v)
+                 for k, v in info['flags'].items()}
+        tmp = into / f'.{info["run"]}.tmp'
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        (tmp / 'run.json').write_text(json.dumps({**info, 'flags': flags}, indent=1) + '\n')
+        shutil.copyfile(run['dir'] / 'metrics.jsonl', tmp / 'metrics.jsonl')
+        tmp.rename(target)
+        kept.append(info['run'])
+    return kept, already
+
+
 def build_report(dump_dirs: list[Path], out: Path) -> list[dict]:
     """Read the runs of ``dump_dirs`` and write the tables and figures into ``out``.
 
@@ -424,19 +465,32 @@ def build_report(dump_dirs: list[Path], out: Path) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    """Command line: ``report.py DUMP_DIR [DUMP_DIR ...] [--out DIR]``; returns the exit
-    status (0, or 2 with one line on stderr)."""
+    """Command line: ``report.py DUMP_DIR [DUMP_DIR ...] [--out DIR] [--keep-into DIR]``;
+    returns the exit status (0, or 2 with one line on stderr)."""
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split('\n\n')[0])
     parser.add_argument('dump_dirs', nargs='+', type=Path, metavar='DUMP_DIR',
                         help='a --dump-dir of the training runs (holds logs/<run>/)')
     parser.add_argument('--out', type=Path, default=None,
                         help='where the report goes (default: <first DUMP_DIR>/report)')
+    parser.add_argument('--keep-into', type=Path, default=None, metavar='DIR',
+                        help='first copy every finished run into DIR/<run>/ (run.json and metrics.jsonl, '
+                             'absolute paths reduced to their last component; runs already there '
+                             'are left as they are), e.g. docs/results/mnist')
     args = parser.parse_args(argv)
     out = args.out if args.out is not None else args.dump_dirs[0] / 'report'
     try:
+        if args.keep_into is not None:
+            kept, already = keep_finished(load_runs(args.dump_dirs), args.keep_into)
+            for name in kept:
+                print(f'{PROG}: kept {name} in {args.keep_into}')
+            for name in already:
+                print(f'{PROG}: {name} is already in {args.keep_into}; left as it is')
         rows = build_report(args.dump_dirs, out)
     except ReportError as err:
         print(f'{PROG}: error: {err}', file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f'{PROG}: error: {err.filename or args.keep_into}: {err.strerror or err}', file=sys.stderr)
         return 2
     print(f'{PROG}: {len(rows)} run(s) -> {out}')
     return 0

@@ -180,3 +180,46 @@ def test_figure_panels_hold_final_and_last_epochs_means_with_seed_sd(tmp_path, m
         assert [p[0] for p in vertical] == pytest.approx([10.0, 10.0])
         assert sorted(p[1] for p in vertical) == pytest.approx([mean - sd, mean + sd])
     assert 'final' in left.get_ylabel() and 'last 16 epochs' in right.get_ylabel()
+
+
+def test_keep_into_copies_finished_runs_without_absolute_paths_and_leaves_kept_runs_alone(tmp_path, capsys):
+    dump = tmp_path / 'dump'
+    done, running, old = ('lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-grad', 'lr-1e-3-b-128-T-8-no_prune',
+                          'lr-1e-3-b-128-T-8-penalty-1e-3-s-0.9-deep')
+    paths = {'dataset_dir': '/work/dump/data', 'dump_dir': str(dump), 'resume_from': None, 'tag': 'a/b'}
+    _run(dump / 'logs' / done, done, 'grad', {'penalty': 1e-3, 's': 0.95, **paths}, [0.9, 0.95, 0.97], 0.9)
+    _run(dump / 'logs' / running, running, 'no_prune', {}, [0.9, 0.95], 0.0)
+    info = json.loads((dump / 'logs' / running / 'run.json').read_text())
+    info['flags']['N'] = 5                      # epochs 0-1 of 0-5 written: not finished
+    (dump / 'logs' / running / 'run.json').write_text(json.dumps(info))
+    _run(dump / 'logs' / old, old, 'deep', {'penalty': 1e-3, 's': 0.9}, [0.9, 0.96], 0.9)
+    into = tmp_path / 'docs' / 'results' / 'mnist'
+    (into / old).mkdir(parents=True)
+    (into / old / 'run.json').write_text('kept earlier')
+    capsys.readouterr()
+
+    assert report.main([str(dump), '--keep-into', str(into), '--out', str(tmp_path / 'out')]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[:2] == [f'report.py: kept {done} in {into}', f'report.py: {old} is already in {into}; left as it is']
+    assert sorted(p.name for p in into.iterdir()) == sorted([done, old])     # no temporary folder left
+    assert (into / old / 'run.json').read_text() == 'kept earlier'
+    kept = json.loads((into / done / 'run.json').read_text())
+    source = json.loads((dump / 'logs' / done / 'run.json').read_text())
+    assert kept['flags'] == {**source['flags'], 'dataset_dir': 'data', 'dump_dir': 'dump'}
+    assert kept['flags']['tag'] == 'a/b' and kept['flags']['resume_from'] is None
+    assert {k: v for k, v in kept.items() if k != 'flags'} == {k: v for k, v in source.items() if k != 'flags'}
+    assert (into / done / 'metrics.jsonl').read_bytes() == (dump / 'logs' / done / 'metrics.jsonl').read_bytes()
+    assert str(tmp_path) not in (into / done / 'run.json').read_text()
+    # Keeping again copies nothing new; the report of the kept folder reads the copied run.
+    assert report.main([str(dump), '--keep-into', str(into), '--out', str(tmp_path / 'out')]) == 0
+    assert f'report.py: {done} is already in {into}; left as it is' in capsys.readouterr().out
+
+
+def test_keep_into_a_file_is_one_line_exit_2(tmp_path, capsys):
+    name = 'lr-1e-3-b-128-T-8-no_prune'
+    _run(tmp_path / 'dump' / 'logs' / name, name, 'no_prune', {}, [0.9, 0.95], 0.0)
+    (tmp_path / 'file').write_text('')
+    capsys.readouterr()
+    assert report.main([str(tmp_path / 'dump'), '--keep-into', str(tmp_path / 'file' / 'mnist')]) == 2
+    out, err = capsys.readouterr()
+    assert out == '' and len(err.strip().splitlines()) == 1 and str(tmp_path / 'file') in err

@@ -23,7 +23,8 @@ layout of the runs kept in ``docs/results/``) and writes into ``--out`` (default
   by method, setting and seed.
 
 The accuracy loss is measured against the mean final accuracy of the unpruned runs of the
-same data set and ``T``.
+same data set, ``T``, ``-N`` and amount of data (:func:`comparable`); seeds are grouped only
+among such runs too.
 
 ``--keep-into DIR`` first copies every finished run of the DUMP_DIRs (its last epoch is its
 ``-N``) into ``DIR/<run>/``, as ``docs/results/mnist/`` keeps them: ``metrics.jsonl`` byte for
@@ -150,7 +151,16 @@ def summarize(run: dict) -> dict:
             'sops_epoch': with_sops[-1]['epoch'] if with_sops else None,
             'code': code_versions(info),
             'setting': setting(info), 'seed': flags.get('seed'),
-            'group': (info['dataset'], re.sub(r'-seed-\d+', '', info['run']))}
+            'comparable': comparable(info),
+            'group': (comparable(info), re.sub(r'-seed-\d+', '', info['run']))}
+
+
+def comparable(info: dict) -> tuple:
+    """What runs must share to be compared (a ``run.json`` record): data set, ``T``, ``-N``
+    and the amount of data (``--train-size``, ``--test-size``; None for all of it). Seeds are
+    grouped, and the accuracy loss is measured, only among runs with the same key."""
+    flags = info['flags']
+    return (info['dataset'], flags.get('T'), flags.get('N'), flags.get('train_size'), flags.get('test_size'))
 
 
 def code_versions(info: dict) -> str:
@@ -207,28 +217,30 @@ def _mean_sd(values: list) -> tuple[float | None, float | None]:
 
 
 def _unpruned_means(rows: list[dict]) -> dict:
-    """Mean final accuracy of the unpruned runs per (data set, T)."""
+    """Mean final accuracy of the unpruned runs per :func:`comparable` key."""
     unpruned = {key for key, m in METHODS.items() if not m.prunes}
     accs = {}
     for row in rows:
         if row['method'] in unpruned and row['final_acc_pct'] is not None:
-            accs.setdefault((row['dataset'], row['T']), []).append(row['final_acc_pct'])
+            accs.setdefault(row['comparable'], []).append(row['final_acc_pct'])
     return {key: sum(v) / len(v) for key, v in accs.items()}
 
 
 def add_accuracy_loss(rows: list[dict]) -> None:
-    """Set ``acc_loss_pp`` = mean final accuracy of the unpruned runs with the same data set
-    and T minus the row's final accuracy, in percentage points; None without any."""
+    """Set ``acc_loss_pp`` = mean final accuracy of the unpruned runs with the same
+    :func:`comparable` key (data set, T, -N, data amount) minus the row's final accuracy, in
+    percentage points; None without any."""
     baselines = _unpruned_means(rows)
     for row in rows:
-        base = baselines.get((row['dataset'], row['T']))
+        base = baselines.get(row['comparable'])
         if base is not None and row['final_acc_pct'] is not None:
             row['acc_loss_pp'] = base - row['final_acc_pct']
 
 
 def summarize_groups(rows: list[dict]) -> list[dict]:
     """One row per setting (:data:`SUMMARY_COLUMNS`): the runs whose names differ only in
-    ``-seed-<seed>`` grouped, in the order of ``rows``."""
+    ``-seed-<seed>`` and whose :func:`comparable` keys are equal grouped, in the order of
+    ``rows``."""
     groups = {}
     for row in rows:
         groups.setdefault(row['group'], []).append(row)
@@ -246,7 +258,7 @@ def summarize_groups(rows: list[dict]) -> list[dict]:
             summary[f'{key}_mean'], summary[f'{key}_sd'] = _mean_sd([m[column] for m in members])
         if any(m['tail_acc_pct'] is None for m in members):        # over all n runs, or blank
             summary['tail_acc_mean'] = summary['tail_acc_sd'] = None
-        base = baselines.get((first['dataset'], first['T']))
+        base = baselines.get(first['comparable'])
         summary['acc_loss_pp'] = (None if base is None or summary['final_acc_mean'] is None
                                   else base - summary['final_acc_mean'])
         # SOPs are recorded every -i1 epochs: only those of a run's last epoch describe the

@@ -132,8 +132,8 @@ def test_tail_accuracy_is_the_mean_and_sd_of_the_last_16_epochs(tmp_path):
     row = summary['penalty 1e-3, s 0.95']
     assert (float(row['tail_acc_mean']), float(row['tail_acc_sd'])) == pytest.approx((97.5, math.sqrt(0.5)))
     assert '97.50 ± 0.71' in (tmp_path / 'out' / 'summary.md').read_text()
-    third = f'{name}-seed-2022'                             # a seed only 2 epochs in: no tail for n = 3
-    _run(root / third, third, 'grad', {'penalty': 1e-3, 's': 0.95, 'seed': 2022}, [0.10, 0.5], 0.9)
+    third = f'{name}-seed-2022'                   # a seed of -N 16 only 2 epochs in: no tail for n = 3
+    _run(root / third, third, 'grad', {'penalty': 1e-3, 's': 0.95, 'seed': 2022, 'N': 16}, [0.10, 0.5], 0.9)
     assert report.main([str(root), '--out', str(tmp_path / 'out')]) == 0
     row = {r['setting']: r for r in csv.DictReader(open(tmp_path / 'out' / 'summary.csv'))}['penalty 1e-3, s 0.95']
     assert (row['n'], row['tail_acc_mean'], row['tail_acc_sd']) == ('3', '', '')
@@ -223,3 +223,22 @@ def test_keep_into_a_file_is_one_line_exit_2(tmp_path, capsys):
     assert report.main([str(tmp_path / 'dump'), '--keep-into', str(tmp_path / 'file' / 'mnist')]) == 2
     out, err = capsys.readouterr()
     assert out == '' and len(err.strip().splitlines()) == 1 and str(tmp_path / 'file') in err
+
+
+def test_seeds_group_and_the_accuracy_loss_compare_only_runs_of_equal_length_and_data(tmp_path):
+    full, small = tmp_path / 'full', tmp_path / 'small'
+    grad, unpruned = 'lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-grad', 'lr-1e-3-b-128-T-8-no_prune'
+    _run(full / grad, grad, 'grad', {'penalty': 1e-3, 's': 0.95}, [0.90, 0.96], 0.9)       # N 1
+    _run(full / f'{grad}-seed-2021', f'{grad}-seed-2021', 'grad', {'penalty': 1e-3, 's': 0.95, 'seed': 2021},
+         [0.90, 0.94, 0.95], 0.9)                                                          # N 2
+    _run(full / unpruned, unpruned, 'no_prune', {}, [0.9, 0.99], 0.0)                      # N 1
+    _run(small / unpruned, unpruned, 'no_prune', {'train_size': 6000}, [0.9, 0.91], 0.0)   # N 1, less data
+    assert report.main([str(full), str(small), '--out', str(tmp_path / 'out')]) == 0
+    rows = list(csv.DictReader(open(tmp_path / 'out' / 'summary.csv')))
+    # The two Grad R seeds differ in -N: two rows of one run each. The N 1 run loses 99 - 96 = 3 pp
+    # against the full-data unpruned run alone (not against (99 + 91) / 2 = 95); the N 2 run has
+    # no unpruned run of its length.
+    got = sorted((r['method'], r['n'], r['epochs_done'], r['acc_loss_pp']) for r in rows)
+    assert [g[:3] for g in got] == [('grad', '1', '2'), ('grad', '1', '3'), ('no_prune', '1', '2'), ('no_prune', '1', '2')]
+    assert float(got[0][3]) == pytest.approx(3.0) and got[1][3] == ''
+    assert float(got[2][3]) == float(got[3][3]) == 0.0

@@ -22,8 +22,8 @@ layout of the runs kept in ``docs/results/``) and writes into ``--out`` (default
 - ``curves.png``: test accuracy and connectivity against epoch, one line per run, labelled
   by method, setting and seed.
 
-The accuracy loss is measured against the mean final accuracy of the unpruned runs of the
-same data set, ``T``, ``-N`` and amount of data (:func:`comparable`); seeds are grouped only
+The accuracy loss is measured against the mean final accuracy of the finished unpruned runs
+of the same data set, ``T``, ``-N`` and amount of data (:func:`comparable`); seeds are grouped only
 among such runs too.
 
 ``--keep-into DIR`` first copies every finished run of the DUMP_DIRs (its last epoch is its
@@ -33,7 +33,8 @@ byte and ``run.json`` with each flag that is an absolute path reduced to its las
 
 Connectivity is the percentage of linked synapses (``|w| >= 1e-10``), BatchNorm never
 counted (``docs/method.md``, "Sparsity and rewiring counts"). Exit status 2, with one line
-on stderr, when a DUMP_DIR does not exist or no run is found.
+on stderr, when a DUMP_DIR does not exist, no run is found, a file cannot be read or
+written, or ``--keep-into`` is refused (:func:`keep_finished`).
 """
 from __future__ import annotations
 
@@ -100,8 +101,8 @@ def load_runs(dump_dirs: list[Path]) -> list[dict]:
     for dump in dump_dirs:
         if not dump.is_dir():
             raise ReportError(f'{dump}: no such folder')
-        folders = [p for p in (dump / 'logs').glob('*') if p.is_dir()]
-        folders += [p for p in dump.glob('*') if (p / 'run.json').exists()]
+        folders = [p for p in (dump / 'logs').glob('*') if p.is_dir() and not p.name.startswith('.')]
+        folders += [p for p in dump.glob('*') if (p / 'run.json').exists() and not p.name.startswith('.')]
         for log_dir in sorted(folders):
             info_path = log_dir / 'run.json'
             if not info_path.exists():
@@ -217,17 +218,18 @@ def _mean_sd(values: list) -> tuple[float | None, float | None]:
 
 
 def _unpruned_means(rows: list[dict]) -> dict:
-    """Mean final accuracy of the unpruned runs per :func:`comparable` key."""
+    """Mean final accuracy of the finished unpruned runs per :func:`comparable` key (a run
+    still training would pull the baseline towards its early epochs)."""
     unpruned = {key for key, m in METHODS.items() if not m.prunes}
     accs = {}
     for row in rows:
-        if row['method'] in unpruned and row['final_acc_pct'] is not None:
+        if row['method'] in unpruned and row['training_done'] and row['final_acc_pct'] is not None:
             accs.setdefault(row['comparable'], []).append(row['final_acc_pct'])
     return {key: sum(v) / len(v) for key, v in accs.items()}
 
 
 def add_accuracy_loss(rows: list[dict]) -> None:
-    """Set ``acc_loss_pp`` = mean final accuracy of the unpruned runs with the same
+    """Set ``acc_loss_pp`` = mean final accuracy of the finished unpruned runs with the same
     :func:`comparable` key (data set, T, -N, data amount) minus the row's final accuracy, in
     percentage points; None without any."""
     baselines = _unpruned_means(rows)
@@ -418,48 +420,70 @@ def plot_curves(runs: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
-def keep_finished(runs: list[dict], into: Path) -> tuple[list[str], list[str]]:
+def keep_finished(runs: list[dict], into: Path, dump_dirs: list[Path] = (),
+                  say=print) -> tuple[list[str], list[str]]:
     """Copy each finished run of ``runs`` (:func:`load_runs`; its last epoch is at least its
     ``N``) into ``into/<run>/``, where the runs kept in the repository live.
 
     ``metrics.jsonl`` is copied byte for byte; ``run.json`` is written with every flag whose
     value is an absolute path replaced by the path's last component, so that no path of the
-    machine the run trained on is kept. Each run is written into a temporary folder renamed
-    into place, so an interrupted copy leaves no half run. A run whose folder already exists
-    in ``into`` is not touched.
+    machine the run trained on is kept. Each run is written into a temporary folder
+    (``.<run>.tmp``, which :func:`load_runs` never reads) renamed into place, and removed
+    again if the copy fails, so a failed copy leaves no half run. A run whose folder already
+    exists in ``into`` is not touched. ``say`` gets one line per run as it is handled.
 
     Returns ``(kept, already)``: the names of the runs copied and of those already there.
-    Raises ``OSError`` when ``into`` cannot be written.
+
+    Raises:
+        ReportError: ``into`` is one of ``dump_dirs`` or its ``logs/`` (the report would then
+            read each run twice), or two finished runs share a name (which one to keep is
+            not for the order of the folders to decide); nothing is copied.
+        OSError: ``into`` or a run's files cannot be written or read (the line names them).
     """
     import shutil
+    target_dir = into.resolve()
+    for dump in dump_dirs:
+        if target_dir in (dump.resolve(), (dump / 'logs').resolve()):
+            raise ReportError(f'--keep-into {into}: is a DUMP_DIR or its logs/; give another folder')
+    finished = [r for r in runs if r['records'] and r['records'][-1]['epoch'] >= r['info']['flags']['N']]
+    names = [r['info']['run'] for r in finished]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ReportError(f'--keep-into: more than one finished run named {twice[0]}; keep them one folder at a time')
+    into.mkdir(parents=True, exist_ok=True)
     kept, already = [], []
-    for run in runs:
-        info, records = run['info'], run['records']
-        if not records or records[-1]['epoch'] < info['flags']['N']:
-            continue
+    for run in finished:
+        info = run['info']
         target = into / info['run']
         if target.exists():
             already.append(info['run'])
+            say(f'{PROG}: {info["run"]} is already in {into}; left as it is')
             continue
         flags = {k: (Path(v).name if isinstance(v, str) and Path(v).is_absolute() else v)
                  for k, v in info['flags'].items()}
         tmp = into / f'.{info["run"]}.tmp'
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        (tmp / 'run.json').write_text(json.dumps({**info, 'flags': flags}, indent=1) + '\n')
-        shutil.copyfile(run['dir'] / 'metrics.jsonl', tmp / 'metrics.jsonl')
-        tmp.rename(target)
+        try:
+            tmp.mkdir()
+            (tmp / 'run.json').write_text(json.dumps({**info, 'flags': flags}, indent=1) + '\n')
+            shutil.copyfile(run['dir'] / 'metrics.jsonl', tmp / 'metrics.jsonl')
+            tmp.rename(target)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         kept.append(info['run'])
+        say(f'{PROG}: kept {info["run"]} in {into}')
     return kept, already
 
 
-def build_report(dump_dirs: list[Path], out: Path) -> list[dict]:
-    """Read the runs of ``dump_dirs`` and write the tables and figures into ``out``.
+def build_report(dump_dirs: list[Path], out: Path, runs: list[dict] | None = None) -> list[dict]:
+    """Read the runs of ``dump_dirs`` (or take ``runs``, :func:`load_runs` of them) and write
+    the tables and figures into ``out``.
 
     Returns the rows written. Raises :class:`ReportError` when a folder is missing or no
     run is found.
     """
-    runs = load_runs(dump_dirs)
+    runs = load_runs(dump_dirs) if runs is None else runs
     if not runs:
         raise ReportError(f'no runs (logs/<run>/run.json) under {", ".join(map(str, dump_dirs))}')
     rows = [summarize(run) for run in runs]
@@ -481,28 +505,28 @@ def main(argv=None) -> int:
     returns the exit status (0, or 2 with one line on stderr)."""
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split('\n\n')[0])
     parser.add_argument('dump_dirs', nargs='+', type=Path, metavar='DUMP_DIR',
-                        help='a --dump-dir of the training runs (holds logs/<run>/)')
-    parser.add_argument('--out', type=Path, default=None,
+                        help='a --dump-dir of the training runs (holds logs/<run>/), or a folder of '
+                             'kept runs (<run>/, as docs/results/mnist)')
+    parser.add_argument('--out', type=Path, default=None, metavar='DIR',
                         help='where the report goes (default: <first DUMP_DIR>/report)')
     parser.add_argument('--keep-into', type=Path, default=None, metavar='DIR',
-                        help='first copy every finished run into DIR/<run>/ (run.json and metrics.jsonl, '
-                             'absolute paths reduced to their last component; runs already there '
-                             'are left as they are), e.g. docs/results/mnist')
+                        help='first copy every finished run (its last epoch is its -N) into DIR/<run>/: '
+                             'metrics.jsonl, and run.json with its absolute path flags cut to their '
+                             'last component; runs already there are left as they are. '
+                             'E.g. docs/results/mnist')
     args = parser.parse_args(argv)
     out = args.out if args.out is not None else args.dump_dirs[0] / 'report'
     try:
+        runs = load_runs(args.dump_dirs)
         if args.keep_into is not None:
-            kept, already = keep_finished(load_runs(args.dump_dirs), args.keep_into)
-            for name in kept:
-                print(f'{PROG}: kept {name} in {args.keep_into}')
-            for name in already:
-                print(f'{PROG}: {name} is already in {args.keep_into}; left as it is')
-        rows = build_report(args.dump_dirs, out)
+            keep_finished(runs, args.keep_into, args.dump_dirs)
+        rows = build_report(args.dump_dirs, out, runs)
     except ReportError as err:
         print(f'{PROG}: error: {err}', file=sys.stderr)
         return 2
     except OSError as err:
-        print(f'{PROG}: error: {err.filename or args.keep_into}: {err.strerror or err}', file=sys.stderr)
+        where = f'{err.filename}: ' if err.filename else ''
+        print(f'{PROG}: error: {where}{err.strerror or err}', file=sys.stderr)
         return 2
     print(f'{PROG}: {len(rows)} run(s) -> {out}')
     return 0

@@ -72,9 +72,10 @@ class CIFAR10SNN(nn.Module):
 
     Usage::
 
+        from engine.loop import rate_loss
         model = CIFAR10SNN(T=8)
         rate = model(images)            # [N, 10], spike count / T, in [0, 1]
-        loss = engine.loop.rate_loss(rate, labels, 10)   # MSE against one-hot labels
+        loss = rate_loss(rate, labels, 10)   # MSE against the one-hot labels
         ...
         functional.reset_net(model)     # REQUIRED after every batch
     """

@@ -200,7 +200,7 @@ def test_keep_into_copies_finished_runs_without_absolute_paths_and_leaves_kept_r
 
     assert report.main([str(dump), '--keep-into', str(into), '--out', str(tmp_path / 'out')]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[:2] == [f'report.py: kept {done} in {into}', f'report.py: {old} is already in {into}; left as it is']
+    assert sorted(out[:2]) == [f'report.py: kept {done} in {into}', f'report.py: {old} is already in {into}; left as it is']
     assert sorted(p.name for p in into.iterdir()) == sorted([done, old])     # no temporary folder left
     assert (into / old / 'run.json').read_text() == 'kept earlier'
     kept = json.loads((into / done / 'run.json').read_text())
@@ -213,16 +213,53 @@ def test_keep_into_copies_finished_runs_without_absolute_paths_and_leaves_kept_r
     # Keeping again copies nothing new; the report of the kept folder reads the copied run.
     assert report.main([str(dump), '--keep-into', str(into), '--out', str(tmp_path / 'out')]) == 0
     assert f'report.py: {done} is already in {into}; left as it is' in capsys.readouterr().out
+    (into / old / 'run.json').write_text((dump / 'logs' / old / 'run.json').read_text())
+    assert report.main([str(into), '--out', str(tmp_path / 'kept')]) == 0
+    rows = {r['run']: r for r in csv.DictReader(open(tmp_path / 'kept' / 'results.csv'))}
+    assert sorted(rows) == sorted([done, old])
+    assert (float(rows[done]['final_acc_pct']), rows[done]['epochs_done']) == (pytest.approx(97.0), '3')
 
 
-def test_keep_into_a_file_is_one_line_exit_2(tmp_path, capsys):
+def test_keep_into_removes_its_temporary_folder_when_a_copy_fails(tmp_path, monkeypatch):
+    name = 'lr-1e-3-b-128-T-8-no_prune'
+    _run(tmp_path / 'dump' / 'logs' / name, name, 'no_prune', {}, [0.9, 0.95], 0.0)
+    into = tmp_path / 'kept'
+
+    def full_disk(src, dst):
+        raise OSError(28, 'No space left on device', str(dst))
+    monkeypatch.setattr('shutil.copyfile', full_disk)
+    with pytest.raises(OSError):
+        report.keep_finished(report.load_runs([tmp_path / 'dump']), into)
+    assert list(into.iterdir()) == []
+    assert report.load_runs([into]) == []
+
+
+@pytest.mark.parametrize('where, message', [
+    (lambda tmp: tmp / 'dump', lambda tmp: f'--keep-into {tmp / "dump"}: is a DUMP_DIR or its logs/'),
+    (lambda tmp: tmp / 'dump' / 'logs', lambda tmp: 'is a DUMP_DIR or its logs/'),
+    (lambda tmp: tmp / 'file' / 'mnist', lambda tmp: f'report.py: error: {tmp / "file" / "mnist"}: Not a directory'),
+])
+def test_keep_into_a_dump_dir_or_a_file_is_one_line_exit_2(tmp_path, capsys, where, message):
     name = 'lr-1e-3-b-128-T-8-no_prune'
     _run(tmp_path / 'dump' / 'logs' / name, name, 'no_prune', {}, [0.9, 0.95], 0.0)
     (tmp_path / 'file').write_text('')
     capsys.readouterr()
-    assert report.main([str(tmp_path / 'dump'), '--keep-into', str(tmp_path / 'file' / 'mnist')]) == 2
+    assert report.main([str(tmp_path / 'dump'), '--keep-into', str(where(tmp_path))]) == 2
     out, err = capsys.readouterr()
-    assert out == '' and len(err.strip().splitlines()) == 1 and str(tmp_path / 'file') in err
+    assert out == '' and len(err.strip().splitlines()) == 1 and message(tmp_path) in err
+    assert not (tmp_path / 'dump' / name).exists() and not (tmp_path / 'dump' / 'logs' / 'logs').exists()
+
+
+def test_keep_into_refuses_two_finished_runs_of_one_name(tmp_path, capsys):
+    name = 'lr-1e-3-b-128-T-8-no_prune'
+    _run(tmp_path / 'pilot' / 'logs' / name, name, 'no_prune', {}, [0.9, 0.95], 0.0)
+    _run(tmp_path / 'full' / 'logs' / name, name, 'no_prune', {}, [0.9, 0.95, 0.97], 0.0)
+    capsys.readouterr()
+    assert report.main([str(tmp_path / 'pilot'), str(tmp_path / 'full'), '--keep-into', str(tmp_path / 'kept')]) == 2
+    out, err = capsys.readouterr()
+    assert out == '' and err.strip() == (f'report.py: error: --keep-into: more than one finished run named {name}; '
+                                         'keep them one folder at a time')
+    assert not (tmp_path / 'kept').exists()
 
 
 def test_seeds_group_and_the_accuracy_loss_compare_only_runs_of_equal_length_and_data(tmp_path):
@@ -233,12 +270,15 @@ def test_seeds_group_and_the_accuracy_loss_compare_only_runs_of_equal_length_and
          [0.90, 0.94, 0.95], 0.9)                                                          # N 2
     _run(full / unpruned, unpruned, 'no_prune', {}, [0.9, 0.99], 0.0)                      # N 1
     _run(small / unpruned, unpruned, 'no_prune', {'train_size': 6000}, [0.9, 0.91], 0.0)   # N 1, less data
-    assert report.main([str(full), str(small), '--out', str(tmp_path / 'out')]) == 0
+    running = tmp_path / 'running'                      # a seed of N 1 at epoch 0: not in the baseline
+    _run(running / f'{unpruned}-seed-2021', f'{unpruned}-seed-2021', 'no_prune', {'seed': 2021, 'N': 1}, [0.5], 0.0)
+    assert report.main([str(full), str(small), str(running), '--out', str(tmp_path / 'out')]) == 0
     rows = list(csv.DictReader(open(tmp_path / 'out' / 'summary.csv')))
     # The two Grad R seeds differ in -N: two rows of one run each. The N 1 run loses 99 - 96 = 3 pp
-    # against the full-data unpruned run alone (not against (99 + 91) / 2 = 95); the N 2 run has
-    # no unpruned run of its length.
+    # against the finished full-data unpruned run alone (not against (99 + 91) / 2 = 95, nor
+    # with the unfinished seed's 50); the N 2 run has no unpruned run of its length. The
+    # unfinished seed is grouped with its finished one (mean (99 + 50) / 2, loss 99 - 74.5).
     got = sorted((r['method'], r['n'], r['epochs_done'], r['acc_loss_pp']) for r in rows)
-    assert [g[:3] for g in got] == [('grad', '1', '2'), ('grad', '1', '3'), ('no_prune', '1', '2'), ('no_prune', '1', '2')]
+    assert [g[:3] for g in got] == [('grad', '1', '2'), ('grad', '1', '3'), ('no_prune', '1', '2'), ('no_prune', '2', '1')]
     assert float(got[0][3]) == pytest.approx(3.0) and got[1][3] == ''
-    assert float(got[2][3]) == float(got[3][3]) == 0.0
+    assert float(got[2][3]) == 0.0 and float(got[3][3]) == pytest.approx(24.5)

@@ -43,6 +43,7 @@ import csv
 import json
 import math
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -129,6 +130,7 @@ def summarize(run: dict) -> dict:
     info, records = run['info'], run['records']
     flags, last = info['flags'], (records[-1] if records else {})
     grid = _grid(METHODS.get(info['method']))
+    key = comparable(info)
     layers = {k: _connectivity(v) for k, v in last.get('layer_sparsity', {}).items()}
     counts = info.get('synapse_counts', {})
     kept = None
@@ -142,7 +144,7 @@ def summarize(run: dict) -> dict:
             'penalty': flags.get('penalty') if '-penalty' in grid else None,
             's': flags.get('s') if '-s' in grid else None, 'T': flags.get('T'),
             'epochs_done': last['epoch'] + 1 if records else 0,
-            'training_done': bool(records) and last['epoch'] >= flags['N'],
+            'training_done': finished(run),
             'final_acc_pct': 100 * last['test_acc'] if 'test_acc' in last else None,
             'best_acc_pct': 100 * max(accs) if accs else None,
             'tail_acc_pct': tail_mean, 'tail_acc_sd_pp': tail_sd,
@@ -152,8 +154,14 @@ def summarize(run: dict) -> dict:
             'sops_epoch': with_sops[-1]['epoch'] if with_sops else None,
             'code': code_versions(info),
             'setting': setting(info), 'seed': flags.get('seed'),
-            'comparable': comparable(info),
-            'group': (comparable(info), re.sub(r'-seed-\d+', '', info['run']))}
+            'comparable': key,
+            'group': (key, re.sub(r'-seed-\d+', '', info['run']))}
+
+
+def finished(run: dict) -> bool:
+    """Whether a run of :func:`load_runs` has trained all its epochs: its last record's
+    epoch is at least its ``-N``."""
+    return bool(run['records']) and run['records'][-1]['epoch'] >= run['info']['flags']['N']
 
 
 def comparable(info: dict) -> tuple:
@@ -422,8 +430,8 @@ def plot_curves(runs: list[dict], out: Path) -> None:
 
 def keep_finished(runs: list[dict], into: Path, dump_dirs: list[Path] = (),
                   say=print) -> tuple[list[str], list[str]]:
-    """Copy each finished run of ``runs`` (:func:`load_runs`; its last epoch is at least its
-    ``N``) into ``into/<run>/``, where the runs kept in the repository live.
+    """Copy each :func:`finished` run of ``runs`` (:func:`load_runs`) into ``into/<run>/``,
+    where the runs kept in the repository live.
 
     ``metrics.jsonl`` is copied byte for byte; ``run.json`` is written with every flag whose
     value is an absolute path replaced by the path's last component, so that no path of the
@@ -440,19 +448,18 @@ def keep_finished(runs: list[dict], into: Path, dump_dirs: list[Path] = (),
             not for the order of the folders to decide); nothing is copied.
         OSError: ``into`` or a run's files cannot be written or read (the line names them).
     """
-    import shutil
     target_dir = into.resolve()
     for dump in dump_dirs:
         if target_dir in (dump.resolve(), (dump / 'logs').resolve()):
             raise ReportError(f'--keep-into {into}: is a DUMP_DIR or its logs/; give another folder')
-    finished = [r for r in runs if r['records'] and r['records'][-1]['epoch'] >= r['info']['flags']['N']]
-    names = [r['info']['run'] for r in finished]
+    done = [r for r in runs if finished(r)]
+    names = [r['info']['run'] for r in done]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ReportError(f'--keep-into: more than one finished run named {twice[0]}; keep them one folder at a time')
     into.mkdir(parents=True, exist_ok=True)
     kept, already = [], []
-    for run in finished:
+    for run in done:
         info = run['info']
         target = into / info['run']
         if target.exists():

@@ -362,6 +362,9 @@ def test_a_failed_numbered_copy_names_the_new_checkpoint(tmp_path, capsys, monke
 SUB = ['-m', 'grad', '-s', '0.95', '--train-size', '512', '--test-size', '256', '-b', '64', '-i1', '1',
        '--device', 'cpu', '--no-compile', '--data-pipeline', 'released']
 SUB_NAME = 'lr-1e-3-b-64-T-8-penalty-1e-3-s-0.95-grad-train-512-test-256'
+# On a machine (or a taskset) with fewer CPUs than `--workers 2`, torch's DataLoader warns about
+# the worker count on stderr; these tests read stderr line by line, so that one warning is muted.
+TWO_WORKERS_ENV = {'PYTHONWARNINGS': 'ignore::UserWarning:torch.utils.data.dataloader'}
 
 
 def _wait_for(condition, proc, timeout=120):
@@ -458,7 +461,8 @@ def test_guard_forked_children_leave_the_process_group_and_ignore_sigint_until_t
 ])
 def test_sigint_and_sigterm_end_the_run_cleanly(tmp_path, signum, status, workers, where):
     argv = [*SUB, '-N', '40', '--workers', workers, '--dump-dir', str(tmp_path)]
-    env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'GRADREWIRE_TEST_SAVE_PAUSE': '1.0' if where == 'save' else ''}
+    env = {**os.environ, **TWO_WORKERS_ENV, 'PYTHONUNBUFFERED': '1',
+           'GRADREWIRE_TEST_SAVE_PAUSE': '1.0' if where == 'save' else ''}
     proc = subprocess.Popen([sys.executable, str(MNIST), *argv], cwd=REPO, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     folder = tmp_path / 'models' / SUB_NAME
@@ -510,7 +514,7 @@ def test_a_worker_killed_on_its_own_stops_the_run_with_status_1(tmp_path):
     crash (status 1), in one line that names the checkpoint kept and the command that resumes."""
     argv = [*SUB, '-N', '40', '--workers', '2', '--dump-dir', str(tmp_path)]
     proc = subprocess.Popen([sys.executable, str(MNIST), *argv], cwd=REPO, text=True,
-                            env={**os.environ, 'PYTHONUNBUFFERED': '1'},
+                            env={**os.environ, **TWO_WORKERS_ENV, 'PYTHONUNBUFFERED': '1'},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         assert proc.stdout.readline().startswith('run ')

@@ -169,6 +169,37 @@ def test_soft_mode_T_zero_never_returns(max_s, theta_after):
         step_with(opt, w, [-1.0, 1.0])
 
 
+def test_T_zero_soft_ignores_max_s_and_equals_hard_until_hard_reaches_max_s():
+    # README, "Soft Deep R ignores -s here": with T = 0 the soft floor theta_min is 0 for every
+    # max_s < 1 and no synapse returns, so soft runs that differ only in max_s give the same
+    # weights at every step, and these equal hard Deep R's bit for bit while hard Deep R's
+    # sparsity stays at most its max_s. A hard run capped below that sparsity regrows and differs.
+    gen = torch.Generator().manual_seed(5)
+    w0 = 0.05 * torch.randn(256, generator=gen, **f64)
+    grads = [torch.randn(256, generator=gen, **f64) for _ in range(30)]
+
+    def run(soft, max_s):
+        w = torch.nn.Parameter(w0.clone())
+        opt = DeepRewiring([w], lr=1e-3, l1=0.5, T=0, max_s=max_s, soft=soft)
+        weights = []
+        for g in grads:
+            w.grad = g.clone()
+            opt.step()
+            weights.append(w.detach().clone())
+        return weights
+
+    hard = run(False, 0.99)
+    sparsity = [(h == 0).double().mean().item() for h in hard]
+    assert sparsity[0] < 0.2 < sparsity[-1] < 0.99   # 0.08 -> 0.41: pruning, the 0.99 cap never reached
+    for max_s in (0.2, 0.3, 0.9, 0.99):
+        soft = run(True, max_s)
+        assert all(torch.equal(a, b) for a, b in zip(soft, hard)), max_s
+    capped = run(False, 0.2)
+    first = next(i for i, c in enumerate(sparsity) if c > 0.2)
+    assert all(torch.equal(a, b) for a, b in zip(capped[:first], hard[:first]))
+    assert not torch.equal(capped[first], hard[first])   # regrown at once (step 5 here)
+
+
 @pytest.mark.parametrize("soft", [False, True])
 @pytest.mark.parametrize("weight_decay, amsgrad", [(0.0, False), (0.01, False), (0.0, True), (0.01, True)])
 def test_equals_adam_bit_for_bit_when_nothing_is_pruned(soft, weight_decay, amsgrad):

@@ -7,12 +7,14 @@ synapses with the L1 pull alone, and max_s = 0 makes the reactivation probabilit
 (c - 0) / c = 1, so every dormant synapse is reactivated without depending on the draws.
 """
 
+import sys
+
 import pytest
 import torch
 
 import deeprewire
 from deeprewire import DeepRewiring
-from helpers import assert_matches_adam, f64, param, run_and_resume, step_with
+from helpers import REPO, assert_matches_adam, f64, param, run_and_resume, step_with
 
 
 def close(actual, expected):
@@ -313,3 +315,32 @@ def test_params_without_grad_are_skipped_and_sparse_grads_raise():
     w.grad = torch.tensor([1.0, 0.0], **f64).to_sparse()
     with pytest.raises(RuntimeError, match="dense"):
         opt.step()
+
+
+def test_trained_connectivity_counts_placeholders_apart(tmp_path, capsys):
+    # benchmarks/trained_connectivity.py on a hand-made checkpoint: linked = |w| >= 1e-10,
+    # trained = linked and active, placeholders = linked and not active (the +eps of regrowth).
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import trained_connectivity
+
+    ckpt = {"epoch": 7,
+            "model": {"a": torch.tensor([0.5, 1e-8, 0.0, -0.2]),
+                      "b": torch.tensor([[0.3, 1e-8, 0.0], [0.0, 0.0, 0.0]])},
+            "optimizers": {"synapse": {"param_groups": [{"params": [0, 1]}],
+                                       "state": {0: {"active": torch.tensor([1.0, 0.0, 0.0, 1.0])},
+                                                 1: {"active": torch.zeros(2, 3).index_fill_(1, torch.tensor([0]), 1.0)}}}}}
+    # b's active mask [[1, 0, 0], [1, 0, 0]]: its second 1 sits on a zero weight (not linked).
+    path = tmp_path / "checkpoint.pt"
+    torch.save(ckpt, path)
+    assert trained_connectivity.main([str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"{path} (epoch 7)",
+                     "a: 4 synapses, linked 75.00%, trained 50.00%, placeholders 25.00%",
+                     "b: 6 synapses, linked 33.33%, trained 16.67%, placeholders 16.67%",
+                     "all synapses: 10 synapses, linked 50.00%, trained 30.00%, placeholders 20.00%"]
+    del ckpt["optimizers"]["synapse"]["state"][0]["active"], ckpt["optimizers"]["synapse"]["state"][1]["active"]
+    torch.save(ckpt, path)
+    assert trained_connectivity.main([str(path)]) == 2
+    assert trained_connectivity.main([str(tmp_path / "missing.pt")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "no Deep R optimizer state" in err[0] and "give one checkpoint file" in err[1]

@@ -1,0 +1,54 @@
+"""Connectivity of a Deep R checkpoint counted two ways: linked synapses (``|w| >= 1e-10``, what
+``metrics.jsonl`` and the report count) and trained ones (linked and active in the optimizer's
+state). They differ where hard Deep R's released regrowth holds the sparsity at ``max_s`` with
+``+eps`` placeholders that are inactive and zeroed at the next step (docs/method.md, "Regrowth in
+hard Deep R").
+
+    python benchmarks/trained_connectivity.py DUMP/models/RUN/checkpoint.pt
+
+Prints one line per synapse tensor and one for the whole network: synapses, linked %, trained %,
+placeholders % (linked, not active). Exit status 2 with one line when the checkpoint holds no
+optimizer state with an ``active`` mask (a method other than Deep R).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import engine  # noqa: E402
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1 or not Path(argv[0]).is_file():
+        print('trained_connectivity.py: give one checkpoint file (DUMP/models/RUN/checkpoint.pt)', file=sys.stderr)
+        return 2
+    ckpt = engine.load_checkpoint(argv[0])
+    by_shape = {}
+    for name, w in ckpt['model'].items():
+        by_shape.setdefault(tuple(w.shape), []).append(name)
+    rows = []
+    for opt in ckpt['optimizers'].values():
+        for group in opt['param_groups']:
+            for index in group['params']:
+                state = opt['state'].get(index, {})
+                if 'active' not in state:
+                    continue
+                (name,) = by_shape[tuple(state['active'].shape)]     # the shapes tell the tensors apart
+                linked = engine.metrics.linked(ckpt['model'][name])
+                trained = linked & (state['active'] != 0)
+                rows.append((name, linked.numel(), linked.sum().item(), trained.sum().item()))
+    if not rows:
+        print(f'trained_connectivity.py: {argv[0]} holds no Deep R optimizer state (no active mask)', file=sys.stderr)
+        return 2
+    print(f'{argv[0]} (epoch {ckpt["epoch"]})')
+    total = ['all synapses', *(sum(r[i] for r in rows) for i in (1, 2, 3))]
+    for name, n, linked, trained in [*rows, total]:
+        print(f'{name}: {n} synapses, linked {100 * linked / n:.2f}%, trained {100 * trained / n:.2f}%, '
+              f'placeholders {100 * (linked - trained) / n:.2f}%')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main(sys.argv[1:]))

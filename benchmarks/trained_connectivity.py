@@ -25,20 +25,17 @@ def main(argv: list[str]) -> int:
         print('trained_connectivity.py: give one checkpoint file (DUMP/models/RUN/checkpoint.pt)', file=sys.stderr)
         return 2
     ckpt = engine.load_checkpoint(argv[0])
-    by_shape = {}
-    for name, w in ckpt['model'].items():
-        by_shape.setdefault(tuple(w.shape), []).append(name)
+    # The synapse optimizer's parameter i is the model's i-th tensor of more than one dimension
+    # (snn.synapse_parameters; a Deep R model's state dict holds no such buffer).
+    names = [name for name, w in ckpt['model'].items() if w.dim() > 1]
+    opt = ckpt['optimizers']['synapse']
     rows = []
-    for opt in ckpt['optimizers'].values():
-        for group in opt['param_groups']:
-            for index in group['params']:
-                state = opt['state'].get(index, {})
-                if 'active' not in state:
-                    continue
-                (name,) = by_shape[tuple(state['active'].shape)]     # the shapes tell the tensors apart
-                linked = engine.metrics.linked(ckpt['model'][name])
-                trained = linked & (state['active'] != 0)
-                rows.append((name, linked.numel(), linked.sum().item(), trained.sum().item()))
+    for index in (i for group in opt['param_groups'] for i in group['params']):
+        state = opt['state'].get(index, {})
+        if 'active' in state:
+            linked = engine.metrics.linked(ckpt['model'][names[index]])
+            trained = linked & (state['active'] != 0)
+            rows.append((names[index], linked.numel(), linked.sum().item(), trained.sum().item()))
     if not rows:
         print(f'trained_connectivity.py: {argv[0]} holds no Deep R optimizer state (no active mask)', file=sys.stderr)
         return 2

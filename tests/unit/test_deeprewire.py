@@ -324,10 +324,10 @@ def test_trained_connectivity_counts_placeholders_apart(tmp_path, capsys):
     import trained_connectivity
 
     ckpt = {"epoch": 7,
-            "model": {"a": torch.tensor([0.5, 1e-8, 0.0, -0.2]),
+            "model": {"a": torch.tensor([[0.5, 1e-8], [0.0, -0.2]]), "a_bias": torch.zeros(2),
                       "b": torch.tensor([[0.3, 1e-8, 0.0], [0.0, 0.0, 0.0]])},
             "optimizers": {"synapse": {"param_groups": [{"params": [0, 1]}],
-                                       "state": {0: {"active": torch.tensor([1.0, 0.0, 0.0, 1.0])},
+                                       "state": {0: {"active": torch.tensor([[1.0, 0.0], [0.0, 1.0]])},
                                                  1: {"active": torch.zeros(2, 3).index_fill_(1, torch.tensor([0]), 1.0)}}}}}
     # b's active mask [[1, 0, 0], [1, 0, 0]]: its second 1 sits on a zero weight (not linked).
     path = tmp_path / "checkpoint.pt"
@@ -344,3 +344,16 @@ def test_trained_connectivity_counts_placeholders_apart(tmp_path, capsys):
     assert trained_connectivity.main([str(tmp_path / "missing.pt")]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and "no Deep R optimizer state" in err[0] and "give one checkpoint file" in err[1]
+
+    # Two synapse tensors of one shape (as CIFAR-10's 256x256x3x3 convolutions): told apart by
+    # the optimizer's parameter order, not by shape.
+    twins = {"epoch": 3, "model": {"c": torch.tensor([[0.1, 0.2]]), "d": torch.tensor([[0.3, 1e-8]])},
+             "optimizers": {"synapse": {"param_groups": [{"params": [0, 1]}],
+                                        "state": {0: {"active": torch.tensor([[1.0, 1.0]])},
+                                                  1: {"active": torch.tensor([[1.0, 0.0]])}}}}}
+    torch.save(twins, path)
+    assert trained_connectivity.main([str(path)]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "c: 2 synapses, linked 100.00%, trained 100.00%, placeholders 0.00%",
+        "d: 2 synapses, linked 100.00%, trained 50.00%, placeholders 50.00%",
+        "all synapses: 4 synapses, linked 100.00%, trained 75.00%, placeholders 25.00%"]

@@ -21,6 +21,10 @@ import engine  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
+    """Print the linked, trained and placeholder share (% of synapses) of each synapse tensor
+    of the checkpoint ``argv[0]`` and of all together; return the exit status (0, or 2 with
+    one line on stderr for a bad argument or a checkpoint without Deep R's ``active`` masks).
+    Source: docs/method.md, "Regrowth in hard Deep R"."""
     if len(argv) != 1 or not Path(argv[0]).is_file():
         print('trained_connectivity.py: give one checkpoint file (DUMP/models/RUN/checkpoint.pt)', file=sys.stderr)
         return 2

@@ -4,6 +4,7 @@ code of a checkout, then compare two such dumps.
     python benchmarks/bit_identity.py run CHECKOUT DUMP      # e.g. a worktree of an older commit
     python benchmarks/bit_identity.py run . DUMP2
     python benchmarks/bit_identity.py compare DUMP DUMP2
+    python benchmarks/bit_identity.py runs LOGS_A LOGS_B     # two runs' log folders, epoch by epoch
 
 The runs (each in its own process, ``--threads 1``, default flags otherwise, so compiled where a
 C++ compiler is found): MNIST (real data in ``--dataset-dir``, default ``<CHECKOUT>/data``)
@@ -11,7 +12,9 @@ with ``--train-size 6000 -N 2 -i1 2`` for Grad R, Deep R (once below and once ab
 soft Deep R and no pruning; CIFAR-10, two training steps of Grad R (T = 2, batch 8) on
 seeded stand-in data. ``compare`` checks every ``metrics.jsonl`` line (the ``*_seconds``
 timings left out) and every tensor of every checkpoint for equality, prints one line per run
-and exits 1 when anything differs.
+and exits 1 when anything differs. ``runs`` compares the ``metrics.jsonl`` of two runs (e.g.
+soft and hard Deep R at the same flags) over the epochs both logged and prints, per logged
+quantity, the first epoch where they differ; it exits 1 when any epoch differs.
 """
 from __future__ import annotations
 
@@ -112,6 +115,34 @@ def compare(first: Path, second: Path) -> int:
     return bad
 
 
+def compare_runs(first: Path, second: Path) -> int:
+    """Print how far two runs' ``metrics.jsonl`` (in log folders ``first`` and ``second``) agree.
+
+    Compares the epochs both runs logged, quantity by quantity (``test_acc``, ``sparsity``,
+    ``layer_sparsity``, ``prune_regrow``, ``firing_rate``, ``sops`` ...; the ``*_seconds``
+    timings and ``step`` left out), and prints, for each quantity, ``identical`` or the first
+    epoch where it differs. Returns the number of compared epochs that differ.
+
+    Raises:
+        FileNotFoundError: a folder has no ``metrics.jsonl``.
+        ValueError: the two runs' lines do not list the same epochs in the same order.
+    """
+    a, b = (_metrics(d / 'metrics.jsonl') for d in (first, second))
+    n = min(len(a), len(b))
+    if [m['epoch'] for m in a[:n]] != [m['epoch'] for m in b[:n]]:
+        raise ValueError(f'{first} and {second} do not log the same epochs in the same order')
+    keys = [k for k in a[0] if k not in ('epoch', 'step')] if n else []
+    print(f'{first.name} ({len(a)} epochs) against {second.name} ({len(b)} epochs): '
+          f'{n} epochs compared')
+    for key in keys:
+        split = next((x for x, y in zip(a[:n], b[:n]) if x.get(key) != y.get(key)), None)
+        print(f'  {key}: ' + ('identical' if split is None else
+                              f'first differs at epoch {split["epoch"]}'))
+    differing = sum(x != y for x, y in zip(a[:n], b[:n]))
+    print(f'{n - differing} of {n} epochs identical in every quantity')
+    return differing
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     sub = p.add_subparsers(dest='verb', required=True)
@@ -122,11 +153,16 @@ def main() -> int:
     c = sub.add_parser('compare', help='compare two dumps')
     c.add_argument('first', type=Path)
     c.add_argument('second', type=Path)
+    rr = sub.add_parser('runs', help="compare two runs' metrics.jsonl epoch by epoch")
+    rr.add_argument('first', type=Path, help="a run's log folder (holding metrics.jsonl)")
+    rr.add_argument('second', type=Path)
     args = p.parse_args()
     if args.verb == 'run':
         checkout = args.checkout.resolve()
         run_all(checkout, args.dump.resolve(), (args.dataset_dir or checkout / 'data').resolve())
         return 0
+    if args.verb == 'runs':
+        return 1 if compare_runs(args.first, args.second) else 0
     return 1 if compare(args.first, args.second) else 0
 
 

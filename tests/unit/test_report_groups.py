@@ -282,3 +282,37 @@ def test_seeds_group_and_the_accuracy_loss_compare_only_runs_of_equal_length_and
     assert [g[:3] for g in got] == [('grad', '1', '2'), ('grad', '1', '3'), ('no_prune', '1', '2'), ('no_prune', '2', '1')]
     assert float(got[0][3]) == pytest.approx(3.0) and got[1][3] == ''
     assert float(got[2][3]) == 0.0 and float(got[3][3]) == pytest.approx(24.5)
+
+
+def test_bit_identity_runs_names_the_first_epoch_each_quantity_differs(tmp_path, capsys):
+    # benchmarks/bit_identity.py runs: two runs agree up to epoch 1; the sparsity splits at
+    # epoch 2, the accuracy at epoch 3; timings never count; the longer run's extra epoch is
+    # not compared.
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / 'benchmarks'))
+    import bit_identity
+
+    def write(folder, rows):
+        folder.mkdir()
+        (folder / 'metrics.jsonl').write_text(''.join(
+            json.dumps({'epoch': e, 'step': 10 * e, 'test_acc': a, 'sparsity': s,
+                        'train_seconds': 1.0 + e + len(rows)}) + '\n'
+            for e, (a, s) in enumerate(rows)))
+
+    write(tmp_path / 'hard', [(0.9, 0.5), (0.91, 0.6), (0.92, 0.7), (0.93, 0.7)])
+    write(tmp_path / 'soft', [(0.9, 0.5), (0.91, 0.6), (0.92, 0.71), (0.94, 0.72), (0.95, 0.73)])
+    assert bit_identity.compare_runs(tmp_path / 'hard', tmp_path / 'soft') == 2
+    assert capsys.readouterr().out.splitlines() == [
+        'hard (4 epochs) against soft (5 epochs): 4 epochs compared',
+        '  test_acc: first differs at epoch 3',
+        '  sparsity: first differs at epoch 2',
+        '2 of 4 epochs identical in every quantity']
+    assert bit_identity.compare_runs(tmp_path / 'hard', tmp_path / 'hard') == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        '  test_acc: identical', '  sparsity: identical', '4 of 4 epochs identical in every quantity']
+    write(tmp_path / 'shifted', [(0.9, 0.5)] * 4)
+    lines = (tmp_path / 'shifted' / 'metrics.jsonl').read_text().replace('"epoch": 0', '"epoch": 9', 1)
+    (tmp_path / 'shifted' / 'metrics.jsonl').write_text(lines)
+    with pytest.raises(ValueError, match='do not log the same epochs'):
+        bit_identity.compare_runs(tmp_path / 'hard', tmp_path / 'shifted')

@@ -5,13 +5,24 @@ state). They differ where hard Deep R's released regrowth holds the sparsity at 
 hard Deep R").
 
     python benchmarks/trained_connectivity.py DUMP/models/RUN/checkpoint.pt
+    python benchmarks/trained_connectivity.py docs/results/mnist/RUN      # a run's logs: an estimate
 
 Prints one line per synapse tensor and one for the whole network: synapses, linked %, trained %,
 placeholders % (linked, not active). Exit status 2 with one line when the checkpoint holds no
 optimizer state with an ``active`` mask (a method other than Deep R).
+
+Given a run's log folder (``run.json`` and ``metrics.jsonl``, as kept in ``docs/results/``)
+instead, it estimates the same from the last epoch's ``regrown`` count R of each tensor. Each
+step the released regrowth zeroes the previous step's P placeholders and draws about P new
+ones uniformly from the dormant synapses, so a placeholder of the last step was also one of
+the previous epoch's last step with probability P / dormant, and
+``R = P * (1 - P / (n - linked + P))``, i.e. ``P = R * (n - linked) / (n - linked - R)``. On the
+Deep R 1e-3 ``-s 0.5`` run (40.60% placeholders counted in its checkpoint) it gives 40.46%.
+Only for hard Deep R with the released regrowth (exit status 2 otherwise).
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -20,13 +31,52 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import engine  # noqa: E402
 
 
+def _print_rows(rows) -> None:
+    """One line per (name, synapses, linked, trained) row, then the sum over all rows."""
+    total = ['all synapses', *(sum(r[i] for r in rows) for i in (1, 2, 3))]
+    for name, n, linked, trained in [*rows, total]:
+        print(f'{name}: {n} synapses, linked {100 * linked / n:.2f}%, trained {100 * trained / n:.2f}%, '
+              f'placeholders {100 * (linked - trained) / n:.2f}%')
+
+
+def estimate_from_logs(folder: Path) -> int:
+    """Estimate linked, trained and placeholder counts of a hard Deep R run (released
+    regrowth) from its ``run.json`` and the last line of its ``metrics.jsonl`` (module
+    docstring); print them as :func:`main` does and return 0, or 2 with one line on stderr
+    when the run is not such a run or its logs lack the counts."""
+    info = json.loads((folder / 'run.json').read_text())
+    flags = info.get('flags', {})
+    if info.get('method') != 'deep' or flags.get('soft') or flags.get('deepr_regrowth', 'released') != 'released':
+        print(f'trained_connectivity.py: {folder} is not a hard Deep R run with the released regrowth; '
+              'only such runs hold placeholders', file=sys.stderr)
+        return 2
+    lines = (folder / 'metrics.jsonl').read_text().splitlines()
+    last = json.loads(lines[-1]) if lines else {}
+    if 'prune_regrow' not in last or 'layer_sparsity' not in last:
+        print(f'trained_connectivity.py: {folder}/metrics.jsonl has no prune_regrow and layer_sparsity '
+              'counts in its last line', file=sys.stderr)
+        return 2
+    rows = []
+    for name, n in info['synapse_counts'].items():
+        linked = round(n * (1 - last['layer_sparsity'][name]))
+        regrown = last['prune_regrow'][name]['regrown']
+        placeholders = regrown * (n - linked) / (n - linked - regrown) if regrown else 0.0
+        rows.append((name, n, linked, linked - placeholders))
+    print(f'{folder} (epoch {last["epoch"]}; estimated from the last epoch\'s regrowth counts)')
+    _print_rows(rows)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     """Print the linked, trained and placeholder share (% of synapses) of each synapse tensor
     of the checkpoint ``argv[0]`` and of all together; return the exit status (0, or 2 with
     one line on stderr for a bad argument or a checkpoint without Deep R's ``active`` masks).
     Source: docs/method.md, "Regrowth in hard Deep R"."""
+    if len(argv) == 1 and (Path(argv[0]) / 'run.json').is_file() and (Path(argv[0]) / 'metrics.jsonl').is_file():
+        return estimate_from_logs(Path(argv[0]))
     if len(argv) != 1 or not Path(argv[0]).is_file():
-        print('trained_connectivity.py: give one checkpoint file (DUMP/models/RUN/checkpoint.pt)', file=sys.stderr)
+        print('trained_connectivity.py: give one checkpoint file (DUMP/models/RUN/checkpoint.pt) '
+              'or one run\'s log folder (holding run.json and metrics.jsonl)', file=sys.stderr)
         return 2
     ckpt = engine.load_checkpoint(argv[0])
     # The synapse optimizer's parameter i is the model's i-th tensor of more than one dimension
@@ -44,10 +94,7 @@ def main(argv: list[str]) -> int:
         print(f'trained_connectivity.py: {argv[0]} holds no Deep R optimizer state (no active mask)', file=sys.stderr)
         return 2
     print(f'{argv[0]} (epoch {ckpt["epoch"]})')
-    total = ['all synapses', *(sum(r[i] for r in rows) for i in (1, 2, 3))]
-    for name, n, linked, trained in [*rows, total]:
-        print(f'{name}: {n} synapses, linked {100 * linked / n:.2f}%, trained {100 * trained / n:.2f}%, '
-              f'placeholders {100 * (linked - trained) / n:.2f}%')
+    _print_rows(rows)
     return 0
 
 

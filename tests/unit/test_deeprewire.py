@@ -357,3 +357,30 @@ def test_trained_connectivity_counts_placeholders_apart(tmp_path, capsys):
         "c: 2 synapses, linked 100.00%, trained 100.00%, placeholders 0.00%",
         "d: 2 synapses, linked 100.00%, trained 50.00%, placeholders 50.00%",
         "all synapses: 4 synapses, linked 100.00%, trained 75.00%, placeholders 25.00%"]
+
+
+def test_trained_connectivity_estimates_placeholders_from_a_runs_regrowth_count(tmp_path, capsys):
+    # From logs: P = R * (n - linked) / (n - linked - R). Tensor a: n 1000, linked 300, R 140
+    # -> P = 140 * 700 / 560 = 175, trained 125. Tensor b regrew nothing: no placeholders.
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import json
+    import trained_connectivity
+
+    run = tmp_path / "run"
+    run.mkdir()
+    info = {"method": "deep", "flags": {"soft": False, "deepr_regrowth": "released"},
+            "synapse_counts": {"a": 1000, "b": 100}}
+    (run / "run.json").write_text(json.dumps(info))
+    last = {"epoch": 9, "layer_sparsity": {"a": 0.7, "b": 0.5},
+            "prune_regrow": {"a": {"pruned": 150, "regrown": 140}, "b": {"pruned": 3, "regrown": 0}}}
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 8}) + "\n" + json.dumps(last) + "\n")
+    assert trained_connectivity.main([str(run)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{run} (epoch 9; estimated from the last epoch's regrowth counts)",
+        "a: 1000 synapses, linked 30.00%, trained 12.50%, placeholders 17.50%",
+        "b: 100 synapses, linked 50.00%, trained 50.00%, placeholders 0.00%",
+        "all synapses: 1100 synapses, linked 31.82%, trained 15.91%, placeholders 15.91%"]
+    info["flags"]["soft"] = True
+    (run / "run.json").write_text(json.dumps(info))
+    assert trained_connectivity.main([str(run)]) == 2
+    assert "not a hard Deep R run" in capsys.readouterr().err

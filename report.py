@@ -32,7 +32,11 @@ byte and ``run.json`` with each flag that is an absolute path reduced to its las
 (:func:`keep_finished`). A run already in DIR is left as it is.
 
 Connectivity is the percentage of linked synapses (``|w| >= 1e-10``), BatchNorm never
-counted (``docs/method.md``, "Sparsity and rewiring counts"). Exit status 2, with one line
+counted (``docs/method.md``, "Sparsity and rewiring counts"). The trained connectivity leaves
+out the ``+eps`` placeholders of a method whose ``Method.placeholders`` says it holds them (hard
+Deep R with the released regrowth), estimated from the last epoch's regrowth counts
+(:func:`placeholder_estimate`); for every other run it is the connectivity. The figure plots
+the trained connectivity. Exit status 2, with one line
 on stderr, when a DUMP_DIR does not exist, no run is found, a file cannot be read or
 written, or ``--keep-into`` is refused (:func:`keep_finished`).
 """
@@ -51,14 +55,16 @@ from engine.methods import METHODS, sci
 
 PROG = 'report.py'
 BASE_COLUMNS = ['run', 'dataset', 'method', 'setting', 'penalty', 's', 'T', 'epochs_done', 'training_done',
-                'final_acc_pct', 'best_acc_pct', 'tail_acc_pct', 'tail_acc_sd_pp', 'connectivity_pct']
+                'final_acc_pct', 'best_acc_pct', 'tail_acc_pct', 'tail_acc_sd_pp', 'connectivity_pct',
+                'trained_connectivity_pct']
 TAIL_COLUMNS = ['synapses_kept', 'acc_loss_pp', 'sops_per_image', 'sops_epoch', 'code']
 TAIL_EPOCHS = 16
 """``tail_acc``: the test accuracy averaged over a run's last 16 epochs, which smooths the
 epoch-to-epoch spread of the final accuracy (``tail_acc_sd_pp``: its sample sd)."""
 SUMMARY_COLUMNS = ['dataset', 'method', 'setting', 'T', 'n', 'seeds', 'epochs_done', 'training_done',
                    'final_acc_mean', 'final_acc_sd', 'best_acc_mean', 'best_acc_sd',
-                   'tail_acc_mean', 'tail_acc_sd', 'connectivity_mean', 'connectivity_sd', 'acc_loss_pp', 'sops_per_image']
+                   'tail_acc_mean', 'tail_acc_sd', 'connectivity_mean', 'connectivity_sd',
+                   'trained_connectivity_mean', 'trained_connectivity_sd', 'acc_loss_pp', 'sops_per_image']
 
 
 class ReportError(Exception):
@@ -125,6 +131,47 @@ def _connectivity(sparsity) -> float | None:
     return None if sparsity is None else 100.0 * (1.0 - sparsity)
 
 
+def placeholder_estimate(n: int, linked: int, regrown: int) -> float:
+    """Estimated number of hard Deep R's ``+eps`` placeholders (linked, never trained) in a
+    synapse tensor of ``n`` synapses with ``linked`` linked at an epoch's end, from the
+    ``regrown`` count of that epoch (docs/method.md, "Trained connectivity of hard Deep R").
+
+    Each step the released regrowth zeroes the previous step's P placeholders and draws about
+    P new ones uniformly from the ``n - linked + P`` dormant synapses, so a placeholder was one
+    at the previous epoch's end too with probability ``P / (n - linked + P)`` and
+    ``regrown = P * (1 - P / (n - linked + P))``, solved:
+    ``P = regrown * (n - linked) / (n - linked - regrown)``. 0 when nothing regrew. (On the
+    MNIST Deep R 1e-3 ``-s 0.5`` run it gives 40.46% of the synapses; its checkpoint counts
+    40.60%, ``benchmarks/trained_connectivity.py``.)
+
+    Raises:
+        ValueError: ``regrown >= n - linked`` (more regrown than dormant synapses).
+    """
+    if not regrown:
+        return 0.0
+    if regrown >= n - linked:
+        raise ValueError(f'regrown ({regrown}) must be below the dormant synapses (n - linked = {n - linked})')
+    return regrown * (n - linked) / (n - linked - regrown)
+
+
+def _trained_connectivity(info: dict, last: dict, connectivity: float | None) -> float | None:
+    """The run's trained connectivity (%) at its last record: ``connectivity`` less the
+    estimated placeholders (:func:`placeholder_estimate`) for a method that holds them, else
+    ``connectivity``; None when the record lacks the per-layer counts such a method needs."""
+    method = METHODS.get(info['method'])
+    if connectivity is None or method is None or method.placeholders is None \
+            or not method.placeholders(info['flags']):
+        return connectivity
+    counts, layers, regrowth = info.get('synapse_counts', {}), last.get('layer_sparsity'), last.get('prune_regrow')
+    if not layers or not regrowth or not set(layers) <= set(counts) or not set(layers) <= set(regrowth):
+        return None
+    trained = 0.0
+    for name, sparsity in layers.items():
+        linked = round(counts[name] * (1 - sparsity))
+        trained += linked - placeholder_estimate(counts[name], linked, regrowth[name]['regrown'])
+    return 100.0 * trained / sum(counts[name] for name in layers)
+
+
 def summarize(run: dict) -> dict:
     """One table row of a run (see the module docstring); a missing value is None."""
     info, records = run['info'], run['records']
@@ -140,6 +187,7 @@ def summarize(run: dict) -> dict:
     accs = [r['test_acc'] for r in records if 'test_acc' in r]
     tail = [100 * a for a in accs[-TAIL_EPOCHS:]] if len(accs) >= TAIL_EPOCHS else []
     tail_mean, tail_sd = _mean_sd(tail)
+    connectivity = _connectivity(last.get('sparsity'))
     return {'run': info['run'], 'dataset': info['dataset'], 'method': info['method'],
             'penalty': flags.get('penalty') if '-penalty' in grid else None,
             's': flags.get('s') if '-s' in grid else None, 'T': flags.get('T'),
@@ -148,7 +196,8 @@ def summarize(run: dict) -> dict:
             'final_acc_pct': 100 * last['test_acc'] if 'test_acc' in last else None,
             'best_acc_pct': 100 * max(accs) if accs else None,
             'tail_acc_pct': tail_mean, 'tail_acc_sd_pp': tail_sd,
-            'connectivity_pct': _connectivity(last.get('sparsity')),
+            'connectivity_pct': connectivity,
+            'trained_connectivity_pct': _trained_connectivity(info, last, connectivity),
             'layers': layers, 'synapses_kept': kept, 'acc_loss_pp': None,
             'sops_per_image': with_sops[-1]['sops'].get('total') if with_sops else None,
             'sops_epoch': with_sops[-1]['epoch'] if with_sops else None,
@@ -264,7 +313,8 @@ def summarize_groups(rows: list[dict]) -> list[dict]:
                    'epochs_done': min(m['epochs_done'] for m in members),
                    'training_done': all(m['training_done'] for m in members)}
         for key, column in (('final_acc', 'final_acc_pct'), ('best_acc', 'best_acc_pct'),
-                            ('tail_acc', 'tail_acc_pct'), ('connectivity', 'connectivity_pct')):
+                            ('tail_acc', 'tail_acc_pct'), ('connectivity', 'connectivity_pct'),
+                            ('trained_connectivity', 'trained_connectivity_pct')):
             summary[f'{key}_mean'], summary[f'{key}_sd'] = _mean_sd([m[column] for m in members])
         if any(m['tail_acc_pct'] is None for m in members):        # over all n runs, or blank
             summary['tail_acc_mean'] = summary['tail_acc_sd'] = None
@@ -293,13 +343,13 @@ def write_summary(summary: list[dict], out: Path) -> None:
             return ''
         return f'{mean:.2f}' if sd is None else f'{mean:.2f} ± {sd:.2f}'
     head = ['method', 'setting', 'T', 'n', 'epochs', 'final acc %', 'best acc %',
-            f'last {TAIL_EPOCHS} epochs acc %', 'connectivity %', 'acc loss pp', 'SOPs / image']
+            f'last {TAIL_EPOCHS} epochs acc %', 'connectivity %', 'trained %', 'acc loss pp', 'SOPs / image']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for row in summary:
         method = METHODS.get(row['method'])
         cells = [method.label if method is not None else row['method'], row['setting'] or '–', row['T'],
                  row['n'], row['epochs_done'], pm(row, 'final_acc'), pm(row, 'best_acc'),
-                 pm(row, 'tail_acc'), pm(row, 'connectivity'),
+                 pm(row, 'tail_acc'), pm(row, 'connectivity'), pm(row, 'trained_connectivity'),
                  '' if row['acc_loss_pp'] is None else f"{row['acc_loss_pp']:.2f}",
                  '' if row['sops_per_image'] is None else f"{row['sops_per_image']:,.0f}"]
         lines.append('| ' + ' | '.join(map(str, cells)) + ' |')
@@ -355,9 +405,9 @@ PANELS = (('final_acc', 'final test accuracy (%)'),
 
 
 def plot_accuracy_vs_connectivity(summary: list[dict], out: Path) -> None:
-    """``accuracy_vs_connectivity.png`` and ``.svg``: test accuracy (%) against mean
-    connectivity (%, log scale), one point per setting with error bars of one standard
-    deviation over its seeds, one series per (method, data set). Left panel: the mean final
+    """``accuracy_vs_connectivity.png`` and ``.svg``: test accuracy (%) against mean trained
+    connectivity (%, log scale; see the module docstring), one point per setting with error
+    bars of one standard deviation over its seeds, one series per (method, data set). Left panel: the mean final
     accuracy, as in the paper's figure; right panel: the mean over the seeds of the accuracy
     averaged over each run's last :data:`TAIL_EPOCHS` epochs (:data:`PANELS`). A setting
     without that mean (a run shorter than :data:`TAIL_EPOCHS` epochs) is left out of the right
@@ -369,9 +419,9 @@ def plot_accuracy_vs_connectivity(summary: list[dict], out: Path) -> None:
     for ax, (key, ylabel) in zip(axes, PANELS):
         series = {}
         for row in summary:
-            if row[f'{key}_mean'] is not None and row['connectivity_mean']:
+            if row[f'{key}_mean'] is not None and row['trained_connectivity_mean']:
                 series.setdefault((row['method'], row['dataset']), []).append(
-                    (row['connectivity_mean'], row[f'{key}_mean'], row['connectivity_sd'] or 0.0,
+                    (row['trained_connectivity_mean'], row[f'{key}_mean'], row['trained_connectivity_sd'] or 0.0,
                      row[f'{key}_sd'] or 0.0))
         for (method, dataset), points in sorted(series.items(), key=lambda kv: _sort_key(
                 {'dataset': kv[0][1], 'method': kv[0][0], 'penalty': 0, 's': 0, 'run': ''})):
@@ -383,7 +433,7 @@ def plot_accuracy_vs_connectivity(summary: list[dict], out: Path) -> None:
                         label=f'{known.label if known is not None else method} ({dataset})')
         ax.set_xscale('log')
         ax.xaxis.set_major_formatter(FormatStrFormatter('%g'))      # 1, 10, 100 rather than 10^k
-        ax.set_xlabel('connectivity (% of synapses kept, log scale)')
+        ax.set_xlabel('trained connectivity (% of synapses, log scale)')
         ax.set_ylabel(ylabel)
         ax.grid(True, which='both', alpha=0.3)
         if series:

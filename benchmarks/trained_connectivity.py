@@ -12,13 +12,9 @@ placeholders % (linked, not active). Exit status 2 with one line when the checkp
 optimizer state with an ``active`` mask (a method other than Deep R).
 
 Given a run's log folder (``run.json`` and ``metrics.jsonl``, as kept in ``docs/results/``)
-instead, it estimates the same from the last epoch's ``regrown`` count R of each tensor. Each
-step the released regrowth zeroes the previous step's P placeholders and draws about P new
-ones uniformly from the dormant synapses, so a placeholder of the last step was also one of
-the previous epoch's last step with probability P / dormant, and
-``R = P * (1 - P / (n - linked + P))``, i.e. ``P = R * (n - linked) / (n - linked - R)``. On the
-Deep R 1e-3 ``-s 0.5`` run (40.60% placeholders counted in its checkpoint) it gives 40.46%.
-Only for hard Deep R with the released regrowth (exit status 2 otherwise).
+instead, it estimates the same from the last epoch's ``regrown`` count of each tensor
+(``report.placeholder_estimate``; docs/method.md, "Trained connectivity of hard Deep R"),
+only for hard Deep R with the released regrowth (exit status 2 otherwise).
 """
 from __future__ import annotations
 
@@ -29,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import engine  # noqa: E402
+from report import placeholder_estimate  # noqa: E402
 
 
 def _print_rows(rows) -> None:
@@ -45,8 +42,8 @@ def estimate_from_logs(folder: Path) -> int:
     docstring); print them as :func:`main` does and return 0, or 2 with one line on stderr
     when the run is not such a run or its logs lack the counts."""
     info = json.loads((folder / 'run.json').read_text())
-    flags = info.get('flags', {})
-    if info.get('method') != 'deep' or flags.get('soft') or flags.get('deepr_regrowth', 'released') != 'released':
+    method = engine.methods.METHODS.get(info.get('method'))
+    if method is None or method.placeholders is None or not method.placeholders(info.get('flags', {})):
         print(f'trained_connectivity.py: {folder} is not a hard Deep R run with the released regrowth; '
               'only such runs hold placeholders', file=sys.stderr)
         return 2
@@ -60,8 +57,7 @@ def estimate_from_logs(folder: Path) -> int:
     for name, n in info['synapse_counts'].items():
         linked = round(n * (1 - last['layer_sparsity'][name]))
         regrown = last['prune_regrow'][name]['regrown']
-        placeholders = regrown * (n - linked) / (n - linked - regrown) if regrown else 0.0
-        rows.append((name, n, linked, linked - placeholders))
+        rows.append((name, n, linked, linked - placeholder_estimate(n, linked, regrown)))
     print(f'{folder} (epoch {last["epoch"]}; estimated from the last epoch\'s regrowth counts)')
     _print_rows(rows)
     return 0

@@ -70,6 +70,10 @@ class Method:
             synapse tensor, histogrammed as ``<name>-theta``; None when it has none.
         scalars: ``(optimizer) -> {tag: float}``: the method's own numbers, logged every
             epoch to TensorBoard and ``metrics.jsonl``; None when it has none.
+        placeholders: ``(flags) -> bool`` on a run's ``run.json`` flags: whether its logged
+            connectivity counts linked synapses that are never trained (hard Deep R's
+            released regrowth, docs/method.md, "Regrowth in hard Deep R"), so that the
+            report estimates its trained connectivity apart; None: never.
     """
     key: str
     argv: tuple[str, ...]
@@ -87,6 +91,7 @@ class Method:
     name_tail: Callable[[dict], str] = field(default=lambda flags: '')
     strength: Callable[[torch.optim.Optimizer, dict], dict] | None = None
     scalars: Callable[[torch.optim.Optimizer], dict] | None = None
+    placeholders: Callable[[dict], bool] | None = None
 
     @property
     def cli(self) -> str:
@@ -235,7 +240,8 @@ register(Method('grad', ('-m', 'grad'), 'Grad R', {'marker': 'o'}, 'grad', _grad
 register(Method('deep', ('-m', 'deep'), 'Deep R', {'marker': 'o', 'markersize': 9, 'fillstyle': 'none'},
                 'deep', _deep_optimizer,
                 options=(_SOFT, _REGROWTH), grid=('-penalty', '-s'), check=_check_deep,
-                name_tail=lambda o: '' if o['deepr_regrowth'] == 'released' else f'-regrowth-{o["deepr_regrowth"]}'))
+                name_tail=lambda o: '' if o['deepr_regrowth'] == 'released' else f'-regrowth-{o["deepr_regrowth"]}',
+                placeholders=lambda flags: flags.get('deepr_regrowth', 'released') == 'released'))
 register(Method('soft_deep', ('-m', 'deep', '-soft'), 'soft Deep R', {'marker': 'x'}, 'soft', _deep_optimizer,
                 options=(_SOFT, _REGROWTH), grid=('-penalty', '-s'), check=_check_deep,
                 name_prefix='soft-', strength=_from_state('strength')))

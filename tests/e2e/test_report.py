@@ -56,7 +56,7 @@ def test_report_numbers_are_the_last_records(dump, tmp_path):
         header = next(csv.reader(f))
     assert header == ['run', 'dataset', 'method', 'setting', 'penalty', 's', 'T', 'epochs_done', 'training_done',
                       'final_acc_pct', 'best_acc_pct', 'tail_acc_pct', 'tail_acc_sd_pp', 'connectivity_pct',
-                      'connectivity_pct:fc.1.weight', 'connectivity_pct:static_fc.1.weight',
+                      'trained_connectivity_pct', 'connectivity_pct:fc.1.weight', 'connectivity_pct:static_fc.1.weight',
                       'synapses_kept', 'acc_loss_pp', 'sops_per_image', 'sops_epoch', 'code']
     assert set(rows) == {GRAD, PLAIN}
     assert (rows[GRAD]['setting'], rows[PLAIN]['setting']) == ('penalty 1e-3, s 0.95, train-size 512, test-size 256',
@@ -70,6 +70,7 @@ def test_report_numbers_are_the_last_records(dump, tmp_path):
         assert float(row['best_acc_pct']) == pytest.approx(100 * best)
         assert row['tail_acc_pct'] == row['tail_acc_sd_pp'] == ''        # 2 epochs: fewer than 16
         assert float(row['connectivity_pct']) == pytest.approx(100 * (1 - record['sparsity']))
+        assert row['trained_connectivity_pct'] == row['connectivity_pct']     # no placeholders
         kept = 0
         for layer, size in SIZES.items():
             connectivity = 100 * (1 - record['layer_sparsity'][layer])

@@ -380,7 +380,8 @@ def test_trained_connectivity_estimates_placeholders_from_a_runs_regrowth_count(
         "a: 1000 synapses, linked 30.00%, trained 12.50%, placeholders 17.50%",
         "b: 100 synapses, linked 50.00%, trained 50.00%, placeholders 0.00%",
         "all synapses: 1100 synapses, linked 31.82%, trained 15.91%, placeholders 15.91%"]
-    info["flags"]["soft"] = True
-    (run / "run.json").write_text(json.dumps(info))
-    assert trained_connectivity.main([str(run)]) == 2
-    assert "not a hard Deep R run" in capsys.readouterr().err
+    for method, regrowth in (("soft_deep", "released"), ("deep", "active"), ("grad", "released")):
+        (run / "run.json").write_text(json.dumps({**info, "method": method,
+                                                  "flags": {"deepr_regrowth": regrowth}}))
+        assert trained_connectivity.main([str(run)]) == 2
+        assert "not a hard Deep R run" in capsys.readouterr().err

@@ -54,7 +54,7 @@ def test_runs_that_differ_in_the_seed_are_one_row_with_mean_sd_and_n(kept, tmp_p
         pytest.approx([97, 1, 98, 1, 8, 2, 1.5])
     assert rows[0]['final_acc_sd'] == '' and float(rows[0]['acc_loss_pp']) == pytest.approx(1.0)
     md = (tmp_path / 'out' / 'summary.md').read_text()
-    assert '| Grad R | penalty 1e-3, s 0.95 | 8 | 3 | 2 | 97.00 ± 1.00 | 98.00 ± 1.00 |  | 8.00 ± 2.00 | 1.50 |' in md
+    assert '| Grad R | penalty 1e-3, s 0.95 | 8 | 3 | 2 | 97.00 ± 1.00 | 98.00 ± 1.00 |  | 8.00 ± 2.00 | 8.00 ± 2.00 | 1.50 |' in md
     per_run = {r['run']: r for r in csv.DictReader(open(tmp_path / 'out' / 'results.csv'))}
     assert float(per_run['lr-1e-3-b-128-T-8-penalty-1e-3-s-0.95-grad-seed-2022']['acc_loss_pp']) == pytest.approx(2.5)
     assert (tmp_path / 'out' / 'accuracy_vs_connectivity.png').stat().st_size > 0
@@ -316,3 +316,40 @@ def test_bit_identity_runs_names_the_first_epoch_each_quantity_differs(tmp_path,
     (tmp_path / 'shifted' / 'metrics.jsonl').write_text(lines)
     with pytest.raises(ValueError, match='do not log the same epochs'):
         bit_identity.compare_runs(tmp_path / 'hard', tmp_path / 'shifted')
+
+
+def test_trained_connectivity_leaves_out_hard_deep_rs_placeholders(tmp_path):
+    # Tensor a: 1000 synapses, 300 linked, 140 regrown in the last epoch -> P = 140 * 700 / 560
+    # = 175 placeholders; tensor b: 100 synapses, 50 linked, none regrown. Linked 350 / 1100 =
+    # 31.82%, trained 175 / 1100 = 15.91% for hard Deep R with the released regrowth only.
+    root = tmp_path / 'kept'
+    last = {'epoch': 1, 'test_acc': 0.9, 'sparsity': 750 / 1100, 'layer_sparsity': {'a': 0.7, 'b': 0.5},
+            'prune_regrow': {'a': {'pruned': 150, 'regrown': 140}, 'b': {'pruned': 0, 'regrown': 0}}}
+    runs = {'lr-1e-3-b-128-T-8-penalty-1e-3-s-0.5-deep': ('deep', 'released', last),
+            'lr-1e-3-b-128-T-8-penalty-1e-3-s-0.5-deep-regrowth-active': ('deep', 'active', last),
+            'soft-lr-1e-3-b-128-T-8-penalty-1e-3-s-0.5-deep': ('soft_deep', 'released', last),
+            'lr-1e-3-b-128-T-8-penalty-1e-2-s-0.5-deep': ('deep', 'released',
+                                                          {k: v for k, v in last.items() if k != 'prune_regrow'})}
+    for name, (method, regrowth, record) in runs.items():
+        folder = root / name
+        folder.mkdir(parents=True)
+        (folder / 'run.json').write_text(json.dumps({
+            'dataset': 'mnist', 'method': method, 'run': name, 'synapse_counts': {'a': 1000, 'b': 100},
+            'flags': {'N': 1, 'T': 8, 'seed': 2020, 'penalty': 1e-3, 's': 0.5, 'deepr_regrowth': regrowth}}))
+        (folder / 'metrics.jsonl').write_text(json.dumps({'epoch': 0, 'test_acc': 0.8}) + '\n' + json.dumps(record) + '\n')
+    assert report.main([str(root), '--out', str(tmp_path / 'out')]) == 0
+    rows = {r['run']: r for r in csv.DictReader(open(tmp_path / 'out' / 'results.csv'))}
+    trained = {name: row['trained_connectivity_pct'] for name, row in rows.items()}
+    assert float(rows['lr-1e-3-b-128-T-8-penalty-1e-3-s-0.5-deep']['connectivity_pct']) == pytest.approx(350 / 11)
+    assert float(trained['lr-1e-3-b-128-T-8-penalty-1e-3-s-0.5-deep']) == pytest.approx(175 / 11)
+    for other in ('lr-1e-3-b-128-T-8-penalty-1e-3-s-0.5-deep-regrowth-active',
+                  'soft-lr-1e-3-b-128-T-8-penalty-1e-3-s-0.5-deep'):
+        assert float(trained[other]) == pytest.approx(350 / 11)
+    assert trained['lr-1e-3-b-128-T-8-penalty-1e-2-s-0.5-deep'] == ''      # no regrowth counts
+    summary = {r['setting']: r for r in csv.DictReader(open(tmp_path / 'out' / 'summary.csv'))
+               if r['method'] == 'deep'}
+    assert float(summary['penalty 1e-3, s 0.5']['trained_connectivity_mean']) == pytest.approx(175 / 11)
+    assert '| Deep R | penalty 1e-3, s 0.5 | 8 | 1 | 2 | 90.00 | 90.00 |  | 31.82 | 15.91 |' in \
+        (tmp_path / 'out' / 'summary.md').read_text()
+    with pytest.raises(ValueError, match='regrown'):
+        report.placeholder_estimate(1000, 300, 700)

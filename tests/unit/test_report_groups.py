@@ -353,3 +353,31 @@ def test_trained_connectivity_leaves_out_hard_deep_rs_placeholders(tmp_path):
         (tmp_path / 'out' / 'summary.md').read_text()
     with pytest.raises(ValueError, match='regrown'):
         report.placeholder_estimate(1000, 300, 700)
+
+
+def test_matched_connectivity_reads_the_reference_curve_on_a_log_axis(tmp_path, capsys):
+    # Grad R at 4% (96.0) and 16% (98.0): at 8%, halfway on the log axis, the line reads 97.0;
+    # Deep R there at 97.5 is +0.50 pp. Deep R at 2% lies below Grad R's span.
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / 'benchmarks'))
+    import matched_connectivity
+
+    assert matched_connectivity.interpolate([(16.0, 98.0), (4.0, 96.0)], 8.0) == pytest.approx(97.0)
+    assert matched_connectivity.interpolate([(4.0, 96.0), (16.0, 98.0)], 2.0) is None
+    head = ['dataset', 'method', 'setting', 'n', 'final_acc_mean', 'tail_acc_mean', 'trained_connectivity_mean']
+    rows = [['mnist', 'grad', 'penalty 1e-2', '3', '98.0', '98.2', '16'],
+            ['mnist', 'grad', 'penalty 3e-2', '1', '96.0', '96.2', '4'],
+            ['mnist', 'deep', 'penalty 1e-3', '3', '97.5', '', '8'],
+            ['mnist', 'deep', 'penalty 1e-2', '1', '97.0', '97.1', '2'],
+            ['mnist', 'no_prune', '', '2', '98.1', '98.0', '100']]
+    path = tmp_path / 'summary.csv'
+    path.write_text('\n'.join(','.join(r) for r in [head, *rows]) + '\n')
+    assert matched_connectivity.main([str(path)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "mnist: against Grad R's curve",
+        '  Deep R penalty 1e-3 (n 3) at 8.00% trained: final 97.50% against Grad R 97.00% (+0.50 pp)',
+        "  Deep R penalty 1e-2 (n 1) at 2.00% trained: final 97.00%, outside Grad R's span (its nearest "
+        "setting: 96.00% at 4.00%); last 16 97.10%, outside Grad R's span (its nearest setting: 96.20% at 4.00%)"]
+    assert matched_connectivity.main([str(tmp_path / 'missing.csv')]) == 2
+    assert 'is not a file' in capsys.readouterr().err

@@ -34,9 +34,9 @@ byte and ``run.json`` with each flag that is an absolute path reduced to its las
 Connectivity is the percentage of linked synapses (``|w| >= 1e-10``), BatchNorm never
 counted (``docs/method.md``, "Sparsity and rewiring counts"). The trained connectivity leaves
 out the ``+eps`` placeholders of a method whose ``Method.placeholders`` says it holds them (hard
-Deep R with the released regrowth), estimated from the last epoch's regrowth counts
-(:func:`placeholder_estimate`); for every other run it is the connectivity. The figure plots
-the trained connectivity. Exit status 2, with one line
+Deep R with the released regrowth), estimated from the regrowth counts of the last
+:data:`TAIL_EPOCHS` epochs (:func:`trained_at_end`), and blank when they are missing; for
+every other run it is the connectivity. The figure plots the trained connectivity. Exit status 2, with one line
 on stderr, when a DUMP_DIR does not exist, no run is found, a file cannot be read or
 written, or ``--keep-into`` is refused (:func:`keep_finished`).
 """
@@ -131,45 +131,71 @@ def _connectivity(sparsity) -> float | None:
     return None if sparsity is None else 100.0 * (1.0 - sparsity)
 
 
-def placeholder_estimate(n: int, linked: int, regrown: int) -> float:
+def placeholder_estimate(n: int, linked: int, pruned: int, regrown: int) -> float:
     """Estimated number of hard Deep R's ``+eps`` placeholders (linked, never trained) in a
-    synapse tensor of ``n`` synapses with ``linked`` linked at an epoch's end, from the
-    ``regrown`` count of that epoch (docs/method.md, "Trained connectivity of hard Deep R").
-
-    Each step the released regrowth zeroes the previous step's P placeholders and draws about
-    P new ones uniformly from the ``n - linked + P`` dormant synapses, so a placeholder was one
-    at the previous epoch's end too with probability ``P / (n - linked + P)`` and
-    ``regrown = P * (1 - P / (n - linked + P))``, solved:
-    ``P = regrown * (n - linked) / (n - linked - regrown)``. 0 when nothing regrew. (On the
-    MNIST Deep R 1e-3 ``-s 0.5`` run it gives 40.46% of the synapses; its checkpoint counts
-    40.60%, ``benchmarks/trained_connectivity.py``.)
+    synapse tensor of ``n`` synapses at an epoch's end, from that epoch's counts: ``linked``
+    now, and ``pruned`` and ``regrown`` since the previous epoch's end (docs/method.md,
+    "Trained connectivity of hard Deep R"): ``P = regrown * (n - linked) / (n - linked -
+    pruned)``, 0 when nothing regrew. One epoch's estimate scatters with the last step's
+    random draw (by about 0.1 pp of the synapses when placeholders are 40% of them).
 
     Raises:
-        ValueError: ``regrown >= n - linked`` (more regrown than dormant synapses).
+        ValueError: ``regrown > 0`` and ``n - linked - pruned <= 0``, where the counts cannot
+            come from the released regrowth.
     """
     if not regrown:
         return 0.0
-    if regrown >= n - linked:
-        raise ValueError(f'regrown ({regrown}) must be below the dormant synapses (n - linked = {n - linked})')
-    return regrown * (n - linked) / (n - linked - regrown)
+    if n - linked - pruned <= 0:
+        raise ValueError(f'regrown {regrown} with n - linked - pruned = {n - linked - pruned} <= 0')
+    return regrown * (n - linked) / (n - linked - pruned)
 
 
-def _trained_connectivity(info: dict, last: dict, connectivity: float | None) -> float | None:
-    """The run's trained connectivity (%) at its last record: ``connectivity`` less the
-    estimated placeholders (:func:`placeholder_estimate`) for a method that holds them, else
-    ``connectivity``; None when the record lacks the per-layer counts such a method needs."""
+def trained_at_end(records: list[dict], name: str, n: int) -> float | None:
+    """Trained synapses of tensor ``name`` (``n`` synapses) at the last of ``records``: the
+    least-squares line through the per-epoch ``linked - placeholder_estimate(...)`` of the
+    last :data:`TAIL_EPOCHS` records that hold the counts, read at the last record's epoch
+    (the trained count only falls, slowly, so the line averages out one epoch's scatter
+    without lagging the trend), clamped to [0, linked]; the last record's linked count when
+    no record of the window held placeholders. None when the last record lacks the counts or
+    they are inconsistent (:func:`placeholder_estimate`)."""
+    def linked(r):
+        return round(n * (1 - r['layer_sparsity'][name]))
+    with_counts = [r for r in records if name in r.get('layer_sparsity', {}) and name in r.get('prune_regrow', {})]
+    if not with_counts or with_counts[-1] is not records[-1]:
+        return None
+    points, held = [], False
+    for r in with_counts[-TAIL_EPOCHS:]:
+        counts = r['prune_regrow'][name]
+        try:
+            placeholders = placeholder_estimate(n, linked(r), counts['pruned'], counts['regrown'])
+        except ValueError:
+            return None
+        held = held or placeholders > 0
+        points.append((r['epoch'], linked(r) - placeholders))
+    if not held:                                        # no placeholders in the window: exact
+        return float(linked(records[-1]))
+    last_epoch = points[-1][0]
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / spread if spread else 0.0
+    return min(max(mean_y + slope * (last_epoch - mean_x), 0.0), float(linked(records[-1])))
+
+
+def _trained_connectivity(info: dict, records: list[dict], connectivity: float | None) -> float | None:
+    """The run's trained connectivity (%) at its last record: estimated (:func:`trained_at_end`)
+    for a method that holds placeholders, else ``connectivity``; None (with a warning) when
+    such a run's records lack consistent counts."""
     method = METHODS.get(info['method'])
     if connectivity is None or method is None or method.placeholders is None \
             or not method.placeholders(info['flags']):
         return connectivity
-    counts, layers, regrowth = info.get('synapse_counts', {}), last.get('layer_sparsity'), last.get('prune_regrow')
-    if not layers or not regrowth or not set(layers) <= set(counts) or not set(layers) <= set(regrowth):
+    counts, layers = info.get('synapse_counts', {}), records[-1].get('layer_sparsity', {})
+    trained = {name: trained_at_end(records, name, counts[name]) if name in counts else None for name in layers}
+    if not layers or None in trained.values():
+        warn(f"{info['run']}: no consistent regrowth counts in its last record; its trained connectivity is left blank")
         return None
-    trained = 0.0
-    for name, sparsity in layers.items():
-        linked = round(counts[name] * (1 - sparsity))
-        trained += linked - placeholder_estimate(counts[name], linked, regrowth[name]['regrown'])
-    return 100.0 * trained / sum(counts[name] for name in layers)
+    return 100.0 * sum(trained.values()) / sum(counts[name] for name in layers)
 
 
 def summarize(run: dict) -> dict:
@@ -197,7 +223,7 @@ def summarize(run: dict) -> dict:
             'best_acc_pct': 100 * max(accs) if accs else None,
             'tail_acc_pct': tail_mean, 'tail_acc_sd_pp': tail_sd,
             'connectivity_pct': connectivity,
-            'trained_connectivity_pct': _trained_connectivity(info, last, connectivity),
+            'trained_connectivity_pct': _trained_connectivity(info, records, connectivity) if records else None,
             'layers': layers, 'synapses_kept': kept, 'acc_loss_pp': None,
             'sops_per_image': with_sops[-1]['sops'].get('total') if with_sops else None,
             'sops_epoch': with_sops[-1]['epoch'] if with_sops else None,
@@ -316,8 +342,9 @@ def summarize_groups(rows: list[dict]) -> list[dict]:
                             ('tail_acc', 'tail_acc_pct'), ('connectivity', 'connectivity_pct'),
                             ('trained_connectivity', 'trained_connectivity_pct')):
             summary[f'{key}_mean'], summary[f'{key}_sd'] = _mean_sd([m[column] for m in members])
-        if any(m['tail_acc_pct'] is None for m in members):        # over all n runs, or blank
-            summary['tail_acc_mean'] = summary['tail_acc_sd'] = None
+        for key, column in (('tail_acc', 'tail_acc_pct'), ('trained_connectivity', 'trained_connectivity_pct')):
+            if any(m[column] is None for m in members):               # over all n runs, or blank
+                summary[f'{key}_mean'] = summary[f'{key}_sd'] = None
         base = baselines.get(first['comparable'])
         summary['acc_loss_pp'] = (None if base is None or summary['final_acc_mean'] is None
                                   else base - summary['final_acc_mean'])
@@ -419,6 +446,8 @@ def plot_accuracy_vs_connectivity(summary: list[dict], out: Path) -> None:
     for ax, (key, ylabel) in zip(axes, PANELS):
         series = {}
         for row in summary:
+            if row['trained_connectivity_mean'] is None and key == PANELS[0][0]:
+                warn(f"{row['method']} {row['setting']}: no trained connectivity; left out of the figure")
             if row[f'{key}_mean'] is not None and row['trained_connectivity_mean']:
                 series.setdefault((row['method'], row['dataset']), []).append(
                     (row['trained_connectivity_mean'], row[f'{key}_mean'], row['trained_connectivity_sd'] or 0.0,

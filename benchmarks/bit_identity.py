@@ -120,8 +120,10 @@ def compare_runs(first: Path, second: Path) -> int:
 
     Compares the epochs both runs logged, quantity by quantity (``test_acc``, ``sparsity``,
     ``layer_sparsity``, ``prune_regrow``, ``firing_rate``, ``sops`` ...; the ``*_seconds``
-    timings and ``step`` left out), and prints, for each quantity, ``identical`` or the first
-    epoch where it differs. Returns the number of compared epochs that differ.
+    timings and ``step`` left out; a quantity one run logs at an epoch and the other does not
+    differs there), and prints, for each quantity, ``identical`` or the first epoch where it
+    differs. Returns the number of compared epochs that differ, or 1 when no epoch was
+    compared.
 
     Raises:
         FileNotFoundError: a folder has no ``metrics.jsonl``.
@@ -131,16 +133,16 @@ def compare_runs(first: Path, second: Path) -> int:
     n = min(len(a), len(b))
     if [m['epoch'] for m in a[:n]] != [m['epoch'] for m in b[:n]]:
         raise ValueError(f'{first} and {second} do not log the same epochs in the same order')
-    keys = [k for k in a[0] if k not in ('epoch', 'step')] if n else []
+    keys = list(dict.fromkeys(k for m in a[:n] + b[:n] for k in m if k not in ('epoch', 'step')))
     print(f'{first.name} ({len(a)} epochs) against {second.name} ({len(b)} epochs): '
           f'{n} epochs compared')
     for key in keys:
         split = next((x for x, y in zip(a[:n], b[:n]) if x.get(key) != y.get(key)), None)
         print(f'  {key}: ' + ('identical' if split is None else
                               f'first differs at epoch {split["epoch"]}'))
-    differing = sum(x != y for x, y in zip(a[:n], b[:n]))
+    differing = sum(any(x.get(k) != y.get(k) for k in keys) for x, y in zip(a[:n], b[:n]))
     print(f'{n - differing} of {n} epochs identical in every quantity')
-    return differing
+    return differing if n else 1
 
 
 def main() -> int:

@@ -2,7 +2,8 @@
 
     python benchmarks/matched_connectivity.py docs/results/summary.csv [--reference grad]
 
-Reads the per-setting means of ``report.py``'s ``summary.csv`` (one data set at a time) and,
+Reads the per-setting means of ``report.py``'s ``summary.csv`` (one data set and ``T`` at a
+time, finished settings only; settings still training are named and left out) and,
 for every setting of every other pruning method, reads the reference method's curve at that
 setting's mean trained connectivity: the straight line, on a log connectivity axis, between
 the two reference settings that bracket it (docs/method.md, "Trained connectivity of hard
@@ -13,7 +14,8 @@ A setting outside the reference's span is named as such, with the reference's ne
 setting. The interpolation is a reading of
 the curve, not a run: between two settings far apart it can miss a bend.
 
-Exit status 2 with one line for a missing file or an unknown reference method.
+Exit status 2 with one line for a missing file, a summary without the needed columns or an
+unknown reference method.
 """
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ def interpolate(points: list[tuple[float, float]], x: float) -> float | None:
     two ``(connectivity, value)`` points that bracket it; None outside their span or for
     fewer than two points. ``points`` need not be sorted."""
     points = sorted(points)
+    if len(points) == 1 and points[0][0] == x:
+        return points[0][1]
     for (x0, y0), (x1, y1) in zip(points, points[1:]):
         if x0 <= x <= x1:
             if x1 == x0:
@@ -87,9 +91,19 @@ def main(argv=None) -> int:
               f'{", ".join(METHODS)}', file=sys.stderr)
         return 2
     rows = list(csv.DictReader(open(args.summary, newline='')))
-    for dataset in dict.fromkeys(r['dataset'] for r in rows):
-        print(f'{dataset}: against {METHODS[args.reference].label}\'s curve')
-        for line in matched([r for r in rows if r['dataset'] == dataset], args.reference):
+    needed = {'dataset', 'method', 'setting', 'n', 'T', 'training_done', 'final_acc_mean', 'tail_acc_mean',
+              'trained_connectivity_mean'}
+    if rows and not needed <= set(rows[0]):
+        print(f'matched_connectivity.py: {args.summary} lacks the columns {sorted(needed - set(rows[0]))}; '
+              'regenerate it with report.py', file=sys.stderr)
+        return 2
+    unfinished = [r for r in rows if r['training_done'] != 'true']
+    for r in unfinished:
+        print(f'{r["dataset"]} {r["method"]} {r["setting"]}: still training, left out')
+    done = [r for r in rows if r['training_done'] == 'true']
+    for dataset, T in dict.fromkeys((r['dataset'], r['T']) for r in done):
+        print(f'{dataset}, T = {T}: against {METHODS[args.reference].label}\'s curve')
+        for line in matched([r for r in done if (r['dataset'], r['T']) == (dataset, T)], args.reference):
             print(f'  {line}')
     return 0
 

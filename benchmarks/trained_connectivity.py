@@ -12,8 +12,8 @@ placeholders % (linked, not active). Exit status 2 with one line when the checkp
 optimizer state with an ``active`` mask (a method other than Deep R).
 
 Given a run's log folder (``run.json`` and ``metrics.jsonl``, as kept in ``docs/results/``)
-instead, it estimates the same from the last epoch's ``regrown`` count of each tensor
-(``report.placeholder_estimate``; docs/method.md, "Trained connectivity of hard Deep R"),
+instead, it estimates the same from the regrowth counts of each tensor's last 16 epochs
+(``report.trained_at_end``; docs/method.md, "Trained connectivity of hard Deep R"),
 only for hard Deep R with the released regrowth (exit status 2 otherwise).
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import engine  # noqa: E402
-from report import placeholder_estimate  # noqa: E402
+from report import trained_at_end  # noqa: E402
 
 
 def _print_rows(rows) -> None:
@@ -38,35 +38,38 @@ def _print_rows(rows) -> None:
 
 def estimate_from_logs(folder: Path) -> int:
     """Estimate linked, trained and placeholder counts of a hard Deep R run (released
-    regrowth) from its ``run.json`` and the last line of its ``metrics.jsonl`` (module
-    docstring); print them as :func:`main` does and return 0, or 2 with one line on stderr
-    when the run is not such a run or its logs lack the counts."""
+    regrowth) at its last epoch from its ``run.json`` and ``metrics.jsonl``
+    (``report.trained_at_end``); print them as :func:`main` does and return 0, or 2 with one
+    line on stderr when the run is not such a run or its logs lack consistent counts."""
     info = json.loads((folder / 'run.json').read_text())
     method = engine.methods.METHODS.get(info.get('method'))
     if method is None or method.placeholders is None or not method.placeholders(info.get('flags', {})):
         print(f'trained_connectivity.py: {folder} is not a hard Deep R run with the released regrowth; '
               'only such runs hold placeholders', file=sys.stderr)
         return 2
-    lines = (folder / 'metrics.jsonl').read_text().splitlines()
-    last = json.loads(lines[-1]) if lines else {}
-    if 'prune_regrow' not in last or 'layer_sparsity' not in last:
-        print(f'trained_connectivity.py: {folder}/metrics.jsonl has no prune_regrow and layer_sparsity '
-              'counts in its last line', file=sys.stderr)
-        return 2
+    records = [json.loads(line) for line in (folder / 'metrics.jsonl').read_text().splitlines() if line.strip()]
+    counts = info.get('synapse_counts', {})
+    last = records[-1] if records else {}
     rows = []
-    for name, n in info['synapse_counts'].items():
-        linked = round(n * (1 - last['layer_sparsity'][name]))
-        regrown = last['prune_regrow'][name]['regrown']
-        rows.append((name, n, linked, linked - placeholder_estimate(n, linked, regrown)))
-    print(f'{folder} (epoch {last["epoch"]}; estimated from the last epoch\'s regrowth counts)')
+    for name, sparsity in last.get('layer_sparsity', {}).items():
+        trained = trained_at_end(records, name, counts[name]) if name in counts else None
+        if trained is None:
+            break
+        rows.append((name, counts[name], round(counts[name] * (1 - sparsity)), trained))
+    if not rows or len(rows) != len(last['layer_sparsity']):
+        print(f'trained_connectivity.py: {folder}: run.json and the last line of metrics.jsonl lack consistent '
+              'synapse_counts, layer_sparsity and prune_regrow counts', file=sys.stderr)
+        return 2
+    print(f'{folder} (epoch {last["epoch"]}; estimated from the regrowth counts of the last epochs)')
     _print_rows(rows)
     return 0
 
 
 def main(argv: list[str]) -> int:
     """Print the linked, trained and placeholder share (% of synapses) of each synapse tensor
-    of the checkpoint ``argv[0]`` and of all together; return the exit status (0, or 2 with
-    one line on stderr for a bad argument or a checkpoint without Deep R's ``active`` masks).
+    of the checkpoint ``argv[0]`` and of all together, or their estimate when ``argv[0]`` is a
+    run's log folder (:func:`estimate_from_logs`); return the exit status (0, or 2 with one
+    line on stderr for a bad argument or a checkpoint without Deep R's ``active`` masks).
     Source: docs/method.md, "Regrowth in hard Deep R"."""
     if len(argv) == 1 and (Path(argv[0]) / 'run.json').is_file() and (Path(argv[0]) / 'metrics.jsonl').is_file():
         return estimate_from_logs(Path(argv[0]))

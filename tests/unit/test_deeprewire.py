@@ -360,8 +360,10 @@ def test_trained_connectivity_counts_placeholders_apart(tmp_path, capsys):
 
 
 def test_trained_connectivity_estimates_placeholders_from_a_runs_regrowth_count(tmp_path, capsys):
-    # From logs: P = R * (n - linked) / (n - linked - R). Tensor a: n 1000, linked 300, R 140
-    # -> P = 140 * 700 / 560 = 175, trained 125. Tensor b regrew nothing: no placeholders.
+    # From logs, per epoch: P = regrown * (n - linked) / (n - linked - pruned); tensor a: n 1000,
+    # linked 300, pruned 140, regrown 136 / 144 / 140 at epochs 7 / 8 / 9 -> P = 170 / 180 / 175,
+    # trained 130 / 120 / 125. The line through them (mean 125, slope -2.5) reads 122.5 at epoch
+    # 9: trained 12.25%, placeholders 17.75%. Tensor b regrew nothing: exact, no placeholders.
     sys.path.insert(0, str(REPO / "benchmarks"))
     import json
     import trained_connectivity
@@ -371,17 +373,22 @@ def test_trained_connectivity_estimates_placeholders_from_a_runs_regrowth_count(
     info = {"method": "deep", "flags": {"soft": False, "deepr_regrowth": "released"},
             "synapse_counts": {"a": 1000, "b": 100}}
     (run / "run.json").write_text(json.dumps(info))
-    last = {"epoch": 9, "layer_sparsity": {"a": 0.7, "b": 0.5},
-            "prune_regrow": {"a": {"pruned": 150, "regrown": 140}, "b": {"pruned": 3, "regrown": 0}}}
-    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 8}) + "\n" + json.dumps(last) + "\n")
+    lines = [{"epoch": 6}]
+    for epoch, regrown in ((7, 136), (8, 144), (9, 140)):
+        lines.append({"epoch": epoch, "layer_sparsity": {"a": 0.7, "b": 0.5},
+                      "prune_regrow": {"a": {"pruned": 140, "regrown": regrown}, "b": {"pruned": 3, "regrown": 0}}})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     assert trained_connectivity.main([str(run)]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        f"{run} (epoch 9; estimated from the last epoch's regrowth counts)",
-        "a: 1000 synapses, linked 30.00%, trained 12.50%, placeholders 17.50%",
+        f"{run} (epoch 9; estimated from the regrowth counts of the last epochs)",
+        "a: 1000 synapses, linked 30.00%, trained 12.25%, placeholders 17.75%",
         "b: 100 synapses, linked 50.00%, trained 50.00%, placeholders 0.00%",
-        "all synapses: 1100 synapses, linked 31.82%, trained 15.91%, placeholders 15.91%"]
+        "all synapses: 1100 synapses, linked 31.82%, trained 15.68%, placeholders 16.14%"]
     for method, regrowth in (("soft_deep", "released"), ("deep", "active"), ("grad", "released")):
         (run / "run.json").write_text(json.dumps({**info, "method": method,
                                                   "flags": {"deepr_regrowth": regrowth}}))
         assert trained_connectivity.main([str(run)]) == 2
         assert "not a hard Deep R run" in capsys.readouterr().err
+    (run / "run.json").write_text(json.dumps({**info, "synapse_counts": {"a": 1000}}))
+    assert trained_connectivity.main([str(run)]) == 2
+    assert "lack consistent" in capsys.readouterr().err

@@ -316,26 +316,30 @@ def test_bit_identity_runs_names_the_first_epoch_each_quantity_differs(tmp_path,
     (tmp_path / 'shifted' / 'metrics.jsonl').write_text(lines)
     with pytest.raises(ValueError, match='do not log the same epochs'):
         bit_identity.compare_runs(tmp_path / 'hard', tmp_path / 'shifted')
+    write(tmp_path / 'empty', [])
+    assert bit_identity.compare_runs(tmp_path / 'hard', tmp_path / 'empty') == 1   # nothing compared
 
 
 def test_trained_connectivity_leaves_out_hard_deep_rs_placeholders(tmp_path):
-    # Tensor a: 1000 synapses, 300 linked, 140 regrown in the last epoch -> P = 140 * 700 / 560
-    # = 175 placeholders; tensor b: 100 synapses, 50 linked, none regrown. Linked 350 / 1100 =
-    # 31.82%, trained 175 / 1100 = 15.91% for hard Deep R with the released regrowth only.
+    # Tensor a: 1000 synapses, 300 linked, 140 pruned and 140 regrown in the last (only) epoch
+    # with counts -> P = 140 * 700 / 560 = 175 placeholders; tensor b: 100 synapses, 50 linked,
+    # none regrown. Linked 350 / 1100 = 31.82%, trained 175 / 1100 = 15.91%, for hard Deep R
+    # with the released regrowth only.
     root = tmp_path / 'kept'
     last = {'epoch': 1, 'test_acc': 0.9, 'sparsity': 750 / 1100, 'layer_sparsity': {'a': 0.7, 'b': 0.5},
-            'prune_regrow': {'a': {'pruned': 150, 'regrown': 140}, 'b': {'pruned': 0, 'regrown': 0}}}
+            'prune_regrow': {'a': {'pruned': 140, 'regrown': 140}, 'b': {'pruned': 0, 'regrown': 0}}}
     runs = {'lr-1e-3-b-128-T-8-penalty-1e-3-s-0.5-deep': ('deep', 'released', last),
             'lr-1e-3-b-128-T-8-penalty-1e-3-s-0.5-deep-regrowth-active': ('deep', 'active', last),
             'soft-lr-1e-3-b-128-T-8-penalty-1e-3-s-0.5-deep': ('soft_deep', 'released', last),
             'lr-1e-3-b-128-T-8-penalty-1e-2-s-0.5-deep': ('deep', 'released',
                                                           {k: v for k, v in last.items() if k != 'prune_regrow'})}
     for name, (method, regrowth, record) in runs.items():
+        penalty = 1e-2 if '-penalty-1e-2-' in name else 1e-3
         folder = root / name
         folder.mkdir(parents=True)
         (folder / 'run.json').write_text(json.dumps({
             'dataset': 'mnist', 'method': method, 'run': name, 'synapse_counts': {'a': 1000, 'b': 100},
-            'flags': {'N': 1, 'T': 8, 'seed': 2020, 'penalty': 1e-3, 's': 0.5, 'deepr_regrowth': regrowth}}))
+            'flags': {'N': 1, 'T': 8, 'seed': 2020, 'penalty': penalty, 's': 0.5, 'deepr_regrowth': regrowth}}))
         (folder / 'metrics.jsonl').write_text(json.dumps({'epoch': 0, 'test_acc': 0.8}) + '\n' + json.dumps(record) + '\n')
     assert report.main([str(root), '--out', str(tmp_path / 'out')]) == 0
     rows = {r['run']: r for r in csv.DictReader(open(tmp_path / 'out' / 'results.csv'))}
@@ -351,8 +355,10 @@ def test_trained_connectivity_leaves_out_hard_deep_rs_placeholders(tmp_path):
     assert float(summary['penalty 1e-3, s 0.5']['trained_connectivity_mean']) == pytest.approx(175 / 11)
     assert '| Deep R | penalty 1e-3, s 0.5 | 8 | 1 | 2 | 90.00 | 90.00 |  | 31.82 | 15.91 |' in \
         (tmp_path / 'out' / 'summary.md').read_text()
+    assert summary['penalty 1e-2, s 0.5']['trained_connectivity_mean'] == ''
+    assert report.placeholder_estimate(1000, 300, 140, 0) == 0.0
     with pytest.raises(ValueError, match='regrown'):
-        report.placeholder_estimate(1000, 300, 700)
+        report.placeholder_estimate(1000, 300, 700, 5)
 
 
 def test_matched_connectivity_reads_the_reference_curve_on_a_log_axis(tmp_path, capsys):
@@ -365,19 +371,27 @@ def test_matched_connectivity_reads_the_reference_curve_on_a_log_axis(tmp_path, 
 
     assert matched_connectivity.interpolate([(16.0, 98.0), (4.0, 96.0)], 8.0) == pytest.approx(97.0)
     assert matched_connectivity.interpolate([(4.0, 96.0), (16.0, 98.0)], 2.0) is None
-    head = ['dataset', 'method', 'setting', 'n', 'final_acc_mean', 'tail_acc_mean', 'trained_connectivity_mean']
-    rows = [['mnist', 'grad', 'penalty 1e-2', '3', '98.0', '98.2', '16'],
-            ['mnist', 'grad', 'penalty 3e-2', '1', '96.0', '96.2', '4'],
-            ['mnist', 'deep', 'penalty 1e-3', '3', '97.5', '', '8'],
-            ['mnist', 'deep', 'penalty 1e-2', '1', '97.0', '97.1', '2'],
-            ['mnist', 'no_prune', '', '2', '98.1', '98.0', '100']]
+    # A Grad R setting still training (at 8%) is left out of the curve.
+    head = ['dataset', 'method', 'setting', 'T', 'n', 'training_done', 'final_acc_mean', 'tail_acc_mean',
+            'trained_connectivity_mean']
+    rows = [['mnist', 'grad', 'penalty 1e-2', '8', '3', 'true', '98.0', '98.2', '16'],
+            ['mnist', 'grad', 'penalty 2e-2', '8', '1', 'false', '90.0', '90.0', '8'],
+            ['mnist', 'grad', 'penalty 3e-2', '8', '1', 'true', '96.0', '96.2', '4'],
+            ['mnist', 'deep', 'penalty 1e-3', '8', '3', 'true', '97.5', '', '8'],
+            ['mnist', 'deep', 'penalty 1e-2', '8', '1', 'true', '97.0', '97.1', '2'],
+            ['mnist', 'no_prune', '', '8', '2', 'true', '98.1', '98.0', '100']]
     path = tmp_path / 'summary.csv'
     path.write_text('\n'.join(','.join(r) for r in [head, *rows]) + '\n')
     assert matched_connectivity.main([str(path)]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        "mnist: against Grad R's curve",
+        'mnist grad penalty 2e-2: still training, left out',
+        "mnist, T = 8: against Grad R's curve",
         '  Deep R penalty 1e-3 (n 3) at 8.00% trained: final 97.50% against Grad R 97.00% (+0.50 pp)',
         "  Deep R penalty 1e-2 (n 1) at 2.00% trained: final 97.00%, outside Grad R's span (its nearest "
         "setting: 96.00% at 4.00%); last 16 97.10%, outside Grad R's span (its nearest setting: 96.20% at 4.00%)"]
     assert matched_connectivity.main([str(tmp_path / 'missing.csv')]) == 2
     assert 'is not a file' in capsys.readouterr().err
+    path.write_text('dataset,method\nmnist,grad\n')
+    assert matched_connectivity.main([str(path)]) == 2
+    assert 'lacks the columns' in capsys.readouterr().err
+    assert matched_connectivity.interpolate([(4.0, 96.0)], 4.0) == 96.0

@@ -165,13 +165,13 @@ def trained_at_end(records: list[dict], name: str, n: int) -> float | None:
         return None
     points, held = [], False
     for r in with_counts[-TAIL_EPOCHS:]:
-        counts = r['prune_regrow'][name]
+        counts, now = r['prune_regrow'][name], linked(r)
         try:
-            placeholders = placeholder_estimate(n, linked(r), counts['pruned'], counts['regrown'])
+            placeholders = placeholder_estimate(n, now, counts['pruned'], counts['regrown'])
         except ValueError:
             return None
         held = held or placeholders > 0
-        points.append((r['epoch'], linked(r) - placeholders))
+        points.append((r['epoch'], now - placeholders))
     if not held:                                        # no placeholders in the window: exact
         return float(linked(records[-1]))
     last_epoch = points[-1][0]
@@ -182,20 +182,33 @@ def trained_at_end(records: list[dict], name: str, n: int) -> float | None:
     return min(max(mean_y + slope * (last_epoch - mean_x), 0.0), float(linked(records[-1])))
 
 
-def _trained_connectivity(info: dict, records: list[dict], connectivity: float | None) -> float | None:
-    """The run's trained connectivity (%) at its last record: estimated (:func:`trained_at_end`)
-    for a method that holds placeholders, else ``connectivity``; None (with a warning) when
-    such a run's records lack consistent counts."""
-    method = METHODS.get(info['method'])
-    if connectivity is None or method is None or method.placeholders is None \
-            or not method.placeholders(info['flags']):
-        return connectivity
-    counts, layers = info.get('synapse_counts', {}), records[-1].get('layer_sparsity', {})
+def holds_placeholders(info: dict) -> bool:
+    """Whether the run of ``run.json`` record ``info`` counts never-trained placeholders as
+    linked (its method's ``Method.placeholders``; hard Deep R with the released regrowth)."""
+    method = METHODS.get(info.get('method'))
+    return method is not None and method.placeholders is not None and method.placeholders(info.get('flags', {}))
+
+
+def trained_per_tensor(info: dict, records: list[dict]) -> dict[str, float] | None:
+    """Estimated trained synapses (:func:`trained_at_end`) of each synapse tensor named in the
+    last of ``records``; None when there is none, or one lacks its ``synapse_counts`` entry or
+    consistent regrowth counts."""
+    counts, layers = info.get('synapse_counts', {}), records[-1].get('layer_sparsity', {}) if records else {}
     trained = {name: trained_at_end(records, name, counts[name]) if name in counts else None for name in layers}
-    if not layers or None in trained.values():
+    return trained if trained and None not in trained.values() else None
+
+
+def _trained_connectivity(info: dict, records: list[dict], connectivity: float | None) -> float | None:
+    """The run's trained connectivity (%) at its last record: estimated (:func:`trained_per_tensor`)
+    for a run that holds placeholders (:func:`holds_placeholders`), else ``connectivity``; None
+    (with a warning) when such a run's records lack consistent counts."""
+    if connectivity is None or not holds_placeholders(info):
+        return connectivity
+    trained = trained_per_tensor(info, records)
+    if trained is None:
         warn(f"{info['run']}: no consistent regrowth counts in its last record; its trained connectivity is left blank")
         return None
-    return 100.0 * sum(trained.values()) / sum(counts[name] for name in layers)
+    return 100.0 * sum(trained.values()) / sum(info['synapse_counts'][name] for name in trained)
 
 
 def summarize(run: dict) -> dict:

@@ -13,7 +13,7 @@ optimizer state with an ``active`` mask (a method other than Deep R).
 
 Given a run's log folder (``run.json`` and ``metrics.jsonl``, as kept in ``docs/results/``)
 instead, it estimates the same from the regrowth counts of each tensor's last 16 epochs
-(``report.trained_at_end``; docs/method.md, "Trained connectivity of hard Deep R"),
+(``report.trained_per_tensor``; docs/method.md, "Trained connectivity of hard Deep R"),
 only for hard Deep R with the released regrowth (exit status 2 otherwise).
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import engine  # noqa: E402
-from report import trained_at_end  # noqa: E402
+from report import holds_placeholders, read_records, trained_per_tensor  # noqa: E402
 
 
 def _print_rows(rows) -> None:
@@ -39,29 +39,23 @@ def _print_rows(rows) -> None:
 def estimate_from_logs(folder: Path) -> int:
     """Estimate linked, trained and placeholder counts of a hard Deep R run (released
     regrowth) at its last epoch from its ``run.json`` and ``metrics.jsonl``
-    (``report.trained_at_end``); print them as :func:`main` does and return 0, or 2 with one
-    line on stderr when the run is not such a run or its logs lack consistent counts."""
+    (``report.trained_per_tensor``); print them as :func:`main` does and return 0, or 2 with
+    one line on stderr when the run is not such a run or its logs lack consistent counts."""
     info = json.loads((folder / 'run.json').read_text())
-    method = engine.methods.METHODS.get(info.get('method'))
-    if method is None or method.placeholders is None or not method.placeholders(info.get('flags', {})):
+    if not holds_placeholders(info):
         print(f'trained_connectivity.py: {folder} is not a hard Deep R run with the released regrowth; '
               'only such runs hold placeholders', file=sys.stderr)
         return 2
-    records = [json.loads(line) for line in (folder / 'metrics.jsonl').read_text().splitlines() if line.strip()]
-    counts = info.get('synapse_counts', {})
-    last = records[-1] if records else {}
-    rows = []
-    for name, sparsity in last.get('layer_sparsity', {}).items():
-        trained = trained_at_end(records, name, counts[name]) if name in counts else None
-        if trained is None:
-            break
-        rows.append((name, counts[name], round(counts[name] * (1 - sparsity)), trained))
-    if not rows or len(rows) != len(last['layer_sparsity']):
+    records = read_records(folder / 'metrics.jsonl')
+    trained = trained_per_tensor(info, records)
+    if trained is None:
         print(f'trained_connectivity.py: {folder}: run.json and the last line of metrics.jsonl lack consistent '
               'synapse_counts, layer_sparsity and prune_regrow counts', file=sys.stderr)
         return 2
+    counts, last = info['synapse_counts'], records[-1]
     print(f'{folder} (epoch {last["epoch"]}; estimated from the regrowth counts of the last epochs)')
-    _print_rows(rows)
+    _print_rows([(name, counts[name], round(counts[name] * (1 - last['layer_sparsity'][name])), t)
+                 for name, t in trained.items()])
     return 0
 
 
